@@ -1,0 +1,5 @@
+import sys
+
+from pymqueue.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The ``pymqueue`` command.
+
+Each area of the package keeps its subcommands in a module of its own that defines
+``register(subparsers)``; this file only lists those modules and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pymqueue.errors import Error
+
+# Modules that add subcommands; each has register(subparsers) and sets `func` on its parsers
+# (func(args) -> int exit status).
+_COMMAND_MODULES = [
+    "pymqueue._cli_queue",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pymqueue", description="Kamailio-style shared-memory message queues."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except Error as exc:
+        print(f"pymqueue: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
