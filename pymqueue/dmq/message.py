@@ -1,0 +1,675 @@
+"""KDMQ codec: parse and build the SIP messages of Kamailio's DMQ bus (sans-I/O).
+
+A DMQ message is a SIP ``KDMQ`` request over UDP, answered by an ordinary SIP final reply
+(``docs/dmq.md``; wire facts in the shared spec, section 2). This module turns datagrams into
+:class:`DmqRequest` / :class:`DmqResponse` values and back, byte-compatible with what Kamailio
+5.6.3 sends and accepts.
+
+Parsing (:func:`parse_message`) is strict and total: for *any* input it returns a message or
+raises :class:`pymqueue.errors.DmqProtocolError`, never another exception. It enforces
+
+* a datagram of at most :data:`MAX_DATAGRAM` bytes, CRLF line ends in the header section,
+* at most :data:`MAX_HEADERS` header lines of at most :data:`MAX_HEADER_LINE` bytes each,
+  UTF-8 without control characters, folded lines unfolded,
+* a ``SIP/2.0`` start line, the mandatory ``Via``/``From``/``To``/``Call-ID``/``CSeq`` and a
+  ``Content-Length`` equal to the body length (exactly: the body is the rest of the datagram).
+
+Building (:func:`build_request`, :func:`build_response`) only emits the safe forms: CRLF on
+every line, the header order Kamailio uses, validated tokens (no CR/LF can be injected) and a
+``Content-Length``. :func:`sign` / :func:`verify` add and check an HMAC-SHA256 over the whole
+datagram in the ``X-Pymqueue-Signature`` header, which Kamailio ignores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pymqueue.errors import DmqProtocolError
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "MAX_HEADERS",
+    "MAX_HEADER_LINE",
+    "SIGNATURE_HEADER",
+    "DmqRequest",
+    "DmqResponse",
+    "NameAddr",
+    "SipUri",
+    "Via",
+    "build_request",
+    "build_response",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "parse_message",
+    "parse_uri",
+    "sign",
+    "verify",
+]
+
+MAX_DATAGRAM = 65535
+"""Largest datagram parsed or built (Kamailio's BUF_SIZE)."""
+MAX_HEADERS = 64
+"""Most header lines accepted in one message (after unfolding)."""
+MAX_HEADER_LINE = 4096
+"""Longest header line (name, colon and value, after unfolding) or start line, in bytes."""
+SIGNATURE_HEADER = "X-Pymqueue-Signature"
+"""Header carrying the HMAC-SHA256 of the rest of the datagram (pymqueue nodes only)."""
+
+SIP_VERSION = "SIP/2.0"
+BRANCH_COOKIE = "z9hG4bK"
+
+_COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "l": "content-length",
+    "c": "content-type",
+    "m": "contact",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+}
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,?/%]+")
+_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+|\"[^\"\\\r\n]*\"")
+_URI_RE = re.compile(
+    r"sip:(?:(?P<user>[^@;?:\s<>]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:;?\s\[\]<>@]+)"
+    r"(?::(?P<port>[^;?\s]*))?(?P<params>(?:;[^;?\s]*)*)",
+    re.IGNORECASE,
+)
+_VIA_RE = re.compile(
+    r"SIP\s*/\s*2\.0\s*/\s*(?P<transport>[A-Za-z]+)\s+(?P<host>\[[0-9A-Fa-f:.]+\]|[^:;\s]+)"
+    r"(?::(?P<port>[0-9]+))?\s*(?P<params>(?:;.*)?)",
+    re.IGNORECASE,
+)
+_CSEQ_RE = re.compile(r"([0-9]{1,10})\s+(" + _TOKEN + r")")
+_STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ([^\x00-\x1f\x7f]*)")
+_REQUEST_RE = re.compile(r"(" + _TOKEN + r") (\S+) SIP/2\.0")
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}@]+")
+_MEDIA_TYPE_RE = re.compile(_TOKEN + "/" + _TOKEN + r"(?:\s*;\s*" + _TOKEN + "=(?:" + _TOKEN
+                            + r"|\"[^\"\r\n]*\"))*")
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{0,128}")
+
+
+def _fail(message: str) -> DmqProtocolError:
+    return DmqProtocolError(message)
+
+
+Params = tuple[tuple[str, str | None], ...]
+
+
+def _parse_params(text: str, what: str) -> Params:
+    """Parse ``;name[=value]…`` (``text`` starts with ``;`` or is empty)."""
+    if not text:
+        return ()
+    if not text.startswith(";"):
+        raise _fail(f"bad parameters in {what}")
+    out: list[tuple[str, str | None]] = []
+    for raw in text[1:].split(";"):
+        part = raw.strip()
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not _TOKEN_RE.fullmatch(name):
+            raise _fail(f"bad parameter name in {what}: {part[:40]!r}")
+        if sep:
+            value = value.strip()
+            if not _PARAM_VALUE_RE.fullmatch(value):
+                raise _fail(f"bad parameter value in {what}: {part[:40]!r}")
+            out.append((name.lower(), value))
+        else:
+            out.append((name.lower(), None))
+        if len(out) > 32:
+            raise _fail(f"too many parameters in {what}")
+    return tuple(out)
+
+
+def _format_params(params: Params) -> str:
+    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+def _param(params: Params, name: str) -> str | None:
+    for n, v in params:
+        if n == name:
+            return v if v is not None else ""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """A ``sip:`` URI as DMQ uses it: ``sip:[user@]host[:port][;params]``.
+
+    ``port`` is the literal port string (``""`` when absent): Kamailio names a node by the
+    literal host, port and transport strings, so ``sip:h`` and ``sip:h:5060`` differ.
+    """
+
+    host: str
+    port: str = ""
+    user: str | None = None
+    params: Params = ()
+
+    @property
+    def port_number(self) -> int:
+        """The port to send to (5060 when the URI has none)."""
+        return int(self.port) if self.port else 5060
+
+    @property
+    def transport(self) -> str | None:
+        """The ``transport`` parameter, lower-cased, or None."""
+        value = _param(self.params, "transport")
+        return value.lower() if value else None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` for a UDP socket (IPv6 brackets removed)."""
+        return (self.host.strip("[]"), self.port_number)
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user is not None else ""
+        port = f":{self.port}" if self.port else ""
+        return f"sip:{user}{self.host}{port}{_format_params(self.params)}"
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse a ``sip:`` URI; raise :class:`DmqProtocolError` if it is not one we accept."""
+    if not isinstance(text, str) or len(text) > MAX_HEADER_LINE:
+        raise _fail("bad SIP URI")
+    m = _URI_RE.fullmatch(text)
+    if m is None:
+        raise _fail(f"bad SIP URI: {text[:80]!r}")
+    user, host, port = m.group("user"), m.group("host"), m.group("port")
+    if user is not None and not _USER_RE.fullmatch(user):
+        raise _fail(f"bad user part in URI: {text[:80]!r}")
+    if not _HOST_RE.fullmatch(host):
+        raise _fail(f"bad host in URI: {text[:80]!r}")
+    if port is not None and (not _PORT_RE.fullmatch(port) or not 0 < int(port) <= 65535):
+        raise _fail(f"bad port in URI: {text[:80]!r}")
+    return SipUri(
+        host=host,
+        port=port or "",
+        user=user,
+        params=_parse_params(m.group("params"), "URI"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A ``From``/``To`` value: ``<uri>;params`` (``tag`` is the tag parameter or None)."""
+
+    uri: SipUri
+    params: Params = ()
+    display: str = ""
+
+    @property
+    def tag(self) -> str | None:
+        return _param(self.params, "tag")
+
+    def __str__(self) -> str:
+        display = f"{self.display} " if self.display else ""
+        return f"{display}<{self.uri}>{_format_params(self.params)}"
+
+
+def _parse_name_addr(value: str, what: str) -> NameAddr:
+    if "<" in value:
+        display, _, rest = value.partition("<")
+        uri_text, sep, params = rest.partition(">")
+        if not sep:
+            raise _fail(f"unterminated <> in {what}")
+        display = display.strip()
+        if display and not (
+            (display.startswith('"') and display.endswith('"') and len(display) >= 2)
+            or re.fullmatch(r"[A-Za-z0-9\-.!%*_+`'~ ]+", display)
+        ):
+            raise _fail(f"bad display name in {what}")
+        return NameAddr(
+            uri=parse_uri(uri_text.strip()),
+            params=_parse_params(params.strip(), what),
+            display=display,
+        )
+    uri_text, sep, params = value.partition(";")
+    return NameAddr(uri=parse_uri(uri_text.strip()), params=_parse_params(sep + params, what))
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One ``Via`` value: ``SIP/2.0/UDP host[:port];params``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = ()
+
+    @property
+    def branch(self) -> str | None:
+        return _param(self.params, "branch")
+
+    @property
+    def rport_requested(self) -> bool:
+        """True when the sender asked for ``rport`` (a bare ``;rport``)."""
+        return any(n == "rport" and v is None for n, v in self.params)
+
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port}" if self.port is not None else self.host
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sent_by()}{_format_params(self.params)}"
+
+
+def _parse_via(value: str) -> Via:
+    m = _VIA_RE.fullmatch(value.strip())
+    if m is None:
+        raise _fail(f"bad Via: {value[:80]!r}")
+    host = m.group("host")
+    if not _HOST_RE.fullmatch(host):
+        raise _fail(f"bad Via host: {value[:80]!r}")
+    port_text = m.group("port")
+    port: int | None = None
+    if port_text is not None:
+        if len(port_text) > 5 or not 0 < int(port_text) <= 65535:
+            raise _fail(f"bad Via port: {value[:80]!r}")
+        port = int(port_text)
+    return Via(
+        transport=m.group("transport").upper(),
+        host=host,
+        port=port,
+        params=_parse_params(m.group("params").strip(), "Via"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    headers: tuple[tuple[str, str], ...]
+    """Every header as ``(lower-case full name, value)`` in wire order (unfolded)."""
+    body: bytes
+    vias: tuple[Via, ...]
+    from_: NameAddr
+    to: NameAddr
+    call_id: str
+    cseq: int
+    cseq_method: str
+    content_type: str | None
+
+    @property
+    def via(self) -> Via:
+        """The top ``Via``."""
+        return self.vias[0]
+
+    @property
+    def branch(self) -> str | None:
+        return self.vias[0].branch
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (full or compact name, any case), or None."""
+        key = _COMPACT.get(name.lower(), name.lower())
+        for n, v in self.headers:
+            if n == key:
+                return v
+        return None
+
+    def header_names(self) -> list[str]:
+        return [n for n, _ in self.headers]
+
+
+@dataclass(frozen=True, slots=True)
+class DmqRequest(_Common):
+    """A parsed request. ``channel`` is the R-URI user part (Kamailio's "peer")."""
+
+    method: str
+    uri: SipUri
+    max_forwards: int | None
+
+    @property
+    def channel(self) -> str | None:
+        return self.uri.user
+
+
+@dataclass(frozen=True, slots=True)
+class DmqResponse(_Common):
+    """A parsed final or provisional reply."""
+
+    code: int
+    reason: str
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise _fail("no end of headers (CRLF CRLF)")
+    return data[:end], data[end + 4 :]
+
+
+def _header_lines(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail("header section is not UTF-8") from exc
+    raw_lines = text.split("\r\n")
+    start = raw_lines[0]
+    if len(start) > MAX_HEADER_LINE:
+        raise _fail("start line too long")
+    lines: list[str] = []
+    for raw in raw_lines[1:]:
+        if raw[:1] in (" ", "\t"):
+            if not lines:
+                raise _fail("continuation line before the first header")
+            lines[-1] += " " + raw.strip(" \t")
+        else:
+            lines.append(raw)
+        if len(lines[-1]) > MAX_HEADER_LINE:
+            raise _fail("header line too long")
+        if len(lines) > MAX_HEADERS:
+            raise _fail("too many headers")
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if _CTL_RE.search(line):
+            raise _fail("control character in a header")
+        name, sep, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not sep or not _TOKEN_RE.fullmatch(name):
+            raise _fail(f"bad header line: {line[:80]!r}")
+        key = name.lower()
+        headers.append((_COMPACT.get(key, key), value.strip(" \t")))
+    return start, headers
+
+
+def _one(headers: list[tuple[str, str]], name: str) -> str:
+    values = [v for n, v in headers if n == name]
+    if not values:
+        raise _fail(f"missing {name} header")
+    if len(values) > 1:
+        raise _fail(f"more than one {name} header")
+    return values[0]
+
+
+def _optional_one(headers: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for n, v in headers if n == name]
+    if len(values) > 1:
+        raise _fail(f"more than one {name} header")
+    return values[0] if values else None
+
+
+class _Fields(NamedTuple):
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    vias: tuple[Via, ...]
+    from_: NameAddr
+    to: NameAddr
+    call_id: str
+    cseq: int
+    cseq_method: str
+    content_type: str | None
+
+
+def _common(headers: list[tuple[str, str]], body: bytes) -> _Fields:
+    vias: list[Via] = []
+    for n, v in headers:
+        if n == "via":
+            for part in v.split(","):
+                vias.append(_parse_via(part))
+                if len(vias) > 16:
+                    raise _fail("too many Via values")
+    if not vias:
+        raise _fail("missing Via header")
+    call_id = _one(headers, "call-id")
+    if not _CALL_ID_RE.fullmatch(call_id):
+        raise _fail(f"bad Call-ID: {call_id[:80]!r}")
+    cseq_m = _CSEQ_RE.fullmatch(_one(headers, "cseq"))
+    if cseq_m is None or int(cseq_m.group(1)) >= 2**31:
+        raise _fail("bad CSeq")
+    length_text = _one(headers, "content-length")
+    if not re.fullmatch(r"[0-9]{1,6}", length_text):
+        raise _fail(f"bad Content-Length: {length_text[:20]!r}")
+    if int(length_text) != len(body):
+        raise _fail(f"Content-Length {int(length_text)} but the body has {len(body)} bytes")
+    content_type = _optional_one(headers, "content-type")
+    if content_type is not None and not _MEDIA_TYPE_RE.fullmatch(content_type):
+        raise _fail(f"bad Content-Type: {content_type[:80]!r}")
+    return _Fields(
+        headers=tuple(headers),
+        body=body,
+        vias=tuple(vias),
+        from_=_parse_name_addr(_one(headers, "from"), "From"),
+        to=_parse_name_addr(_one(headers, "to"), "To"),
+        call_id=call_id,
+        cseq=int(cseq_m.group(1)),
+        cseq_method=cseq_m.group(2),
+        content_type=content_type,
+    )
+
+
+def parse_message(data: bytes) -> DmqRequest | DmqResponse:
+    """Parse one datagram; raise :class:`DmqProtocolError` for anything malformed."""
+    try:
+        return _parse(data)
+    except DmqProtocolError:
+        raise
+    except Exception as exc:  # belt and braces: the contract is "only DmqProtocolError"
+        raise _fail(f"unparsable message ({type(exc).__name__})") from exc
+
+
+def _parse(data: bytes) -> DmqRequest | DmqResponse:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _fail("a datagram must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_DATAGRAM:
+        raise _fail(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    if not data.startswith((b"SIP/2.0 ", b"KDMQ ")) and not re.match(rb"[A-Za-z]{1,32} ", data):
+        raise _fail("not a SIP message")
+    head, body = _split_head(data)
+    start, headers = _header_lines(head)
+    if start.startswith("SIP/2.0 "):
+        m = _STATUS_RE.fullmatch(start)
+        if m is None:
+            raise _fail(f"bad status line: {start[:80]!r}")
+        return DmqResponse(*_common(headers, body), code=int(m.group(1)), reason=m.group(2))
+    m = _REQUEST_RE.fullmatch(start)
+    if m is None:
+        raise _fail(f"not a SIP request line: {start[:80]!r}")
+    common = _common(headers, body)
+    method = m.group(1)
+    if common.cseq_method != method:
+        raise _fail("CSeq method differs from the request method")
+    mf_text = _optional_one(headers, "max-forwards")
+    max_forwards: int | None = None
+    if mf_text is not None:
+        if not re.fullmatch(r"[0-9]{1,3}", mf_text) or int(mf_text) > 255:
+            raise _fail(f"bad Max-Forwards: {mf_text[:20]!r}")
+        max_forwards = int(mf_text)
+    return DmqRequest(*common, method=method, uri=parse_uri(m.group(2)), max_forwards=max_forwards)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch (``z9hG4bK`` + 16 hex digits)."""
+    return BRANCH_COOKIE + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str) -> str:
+    return f"{secrets.token_hex(8)}@{host}"
+
+
+def _check_token(value: str, what: str, pattern: re.Pattern[str] = _TOKEN_RE) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _fail(f"bad {what}: {str(value)[:80]!r}")
+    return value
+
+
+def _finish(lines: list[str], body: bytes) -> bytes:
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+    if len(data) > MAX_DATAGRAM:
+        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
+
+
+def build_request(
+    *,
+    channel: str,
+    target: SipUri,
+    local: SipUri,
+    body: bytes,
+    content_type: str | None,
+    max_forwards: int = 1,
+    branch: str | None = None,
+    from_tag: str | None = None,
+    call_id: str | None = None,
+    cseq: int = 10,
+    user_agent: str | None = "pymqueue",
+    rport: bool = False,
+) -> bytes:
+    """Build ``KDMQ sip:<channel>@<target> SIP/2.0`` sent from node ``local``.
+
+    Header order and forms are Kamailio's (tm local UAC): Via, To, From, CSeq, Call-ID,
+    Content-Length, User-Agent, Max-Forwards, Content-Type. Branch, tag and Call-ID are random
+    unless given. ``rport=True`` adds ``;rport`` to the Via (Kamailio does not).
+    """
+    _check_token(channel, "channel", _USER_RE)
+    if not isinstance(body, bytes):
+        raise _fail("body must be bytes")
+    if content_type is not None:
+        _check_token(content_type, "Content-Type", _MEDIA_TYPE_RE)
+    if not isinstance(max_forwards, int) or not 0 <= max_forwards <= 255:
+        raise _fail("bad Max-Forwards")
+    if not isinstance(cseq, int) or not 0 <= cseq < 2**31:
+        raise _fail("bad CSeq")
+    branch = _check_token(branch or new_branch(), "branch")
+    from_tag = _check_token(from_tag or new_tag(), "tag")
+    call_id = _check_token(call_id or new_call_id(local.host), "Call-ID", _CALL_ID_RE)
+    transport = target.transport
+    r_params: Params = (("transport", transport),) if transport and transport != "udp" else ()
+    ruri = SipUri(host=target.host, port=target.port, user=channel, params=r_params)
+    from_uri = SipUri(host=local.host, port=local.port, user=channel)
+    via_params: Params = (("branch", branch),) + ((("rport", None),) if rport else ())
+    via = Via(transport="UDP", host=local.host, port=local.port_number, params=via_params)
+    lines = [
+        f"KDMQ {ruri} {SIP_VERSION}",
+        f"Via: {via}",
+        f"To: <{ruri}>",
+        f"From: <{from_uri}>;tag={from_tag}",
+        f"CSeq: {cseq} KDMQ",
+        f"Call-ID: {call_id}",
+        f"Content-Length: {len(body)}",
+    ]
+    if user_agent:
+        lines.append(f"User-Agent: {_check_token(user_agent, 'User-Agent', _REASON_RE)}")
+    lines.append(f"Max-Forwards: {max_forwards}")
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    return _finish(lines, body)
+
+
+def build_response(
+    request: DmqRequest,
+    code: int,
+    reason: str,
+    *,
+    body: bytes = b"",
+    content_type: str | None = None,
+    to_tag: str | None = None,
+    source: tuple[str, int] | None = None,
+    server: str | None = "pymqueue",
+) -> bytes:
+    """Build the reply to ``request`` the way Kamailio's ``sl`` does.
+
+    Header order: Via (all, copied), To (with a tag), From, CSeq, Call-ID, Content-Type (only
+    with a body), Server, Content-Length. ``source`` is the address the request came from: if
+    its top Via asked for ``rport`` we fill in ``rport=PORT;received=IP``; otherwise
+    ``received=IP`` is added when the Via host differs from the source IP (RFC 3261 18.2.1).
+    """
+    if not isinstance(code, int) or not 100 <= code <= 699:
+        raise _fail(f"bad status code {code!r}")
+    _check_token(reason, "reason phrase", _REASON_RE)
+    if not isinstance(body, bytes):
+        raise _fail("body must be bytes")
+    if body and content_type is None:
+        raise _fail("a reply body needs a Content-Type")
+    if content_type is not None:
+        _check_token(content_type, "Content-Type", _MEDIA_TYPE_RE)
+    vias = list(request.vias)
+    if source is not None:
+        top = vias[0]
+        ip, port = source
+        if top.rport_requested:
+            params: list[tuple[str, str | None]] = []
+            for n, v in top.params:
+                if n == "rport" and v is None:
+                    params += [("rport", str(port)), ("received", ip)]
+                elif n != "received":
+                    params.append((n, v))
+            vias[0] = Via(top.transport, top.host, top.port, tuple(params))
+        elif top.host.strip("[]") != ip and _param(top.params, "received") is None:
+            vias[0] = Via(top.transport, top.host, top.port, (*top.params, ("received", ip)))
+    to = request.to
+    if to.tag is None:
+        to = NameAddr(to.uri, (*to.params, ("tag", _check_token(to_tag or new_tag(), "tag"))),
+                      to.display)
+    lines = [f"{SIP_VERSION} {code} {reason}"]
+    lines += [f"Via: {v}" for v in vias]
+    lines += [
+        f"To: {to}",
+        f"From: {request.from_}",
+        f"CSeq: {request.cseq} {request.cseq_method}",
+        f"Call-ID: {request.call_id}",
+    ]
+    if body:
+        lines.append(f"Content-Type: {content_type}")
+    if server:
+        lines.append(f"Server: {_check_token(server, 'Server', _REASON_RE)}")
+    lines.append(f"Content-Length: {len(body)}")
+    return _finish(lines, body)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _mac(secret: bytes, data: bytes) -> str:
+    return hmac.new(secret, data, hashlib.sha256).hexdigest()
+
+
+def sign(data: bytes, secret: bytes) -> bytes:
+    """Return ``data`` with an ``X-Pymqueue-Signature`` header as its last header.
+
+    The MAC covers every byte of the datagram except that header line, so the body, the
+    branch and the addresses are all protected; a retransmission carries the same signature.
+    """
+    head, body = _split_head(data)
+    signed = head + b"\r\n\r\n" + body
+    line = f"\r\n{SIGNATURE_HEADER}: v1={_mac(secret, signed)}".encode("ascii")
+    out = head + line + b"\r\n\r\n" + body
+    if len(out) > MAX_DATAGRAM:
+        raise _fail(f"signed message exceeds {MAX_DATAGRAM} bytes")
+    return out
+
+
+def verify(data: bytes, secret: bytes) -> bool:
+    """True when ``data`` carries exactly one valid signature made with ``secret``."""
+    try:
+        head, body = _split_head(data)
+    except DmqProtocolError:
+        return False
+    lines = head.split(b"\r\n")
+    prefix = SIGNATURE_HEADER.lower().encode("ascii") + b":"
+    hits = [i for i, line in enumerate(lines) if line.lower().startswith(prefix)]
+    if len(hits) != 1 or hits[0] == 0:
+        return False
+    value = lines[hits[0]][len(prefix) :].strip()
+    if not value.startswith(b"v1="):
+        return False
+    rest = b"\r\n".join(lines[: hits[0]] + lines[hits[0] + 1 :])
+    expected = _mac(secret, rest + b"\r\n\r\n" + body).encode("ascii")
+    return hmac.compare_digest(value[3:], expected)
