@@ -8,4 +8,5 @@ works from any test module.
 pytest_plugins = [
     "fix_shm",
     "fix_postgres",
+    "fix_kamailio",
 ]
