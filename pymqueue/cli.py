@@ -17,6 +17,7 @@ from pymqueue.errors import Error
 # (func(args) -> int exit status).
 _COMMAND_MODULES = [
     "pymqueue._cli_queue",
+    "pymqueue._cli_kamailio",
 ]
 
 

@@ -1,0 +1,236 @@
+"""An instance: the set of queues of one configuration, with their lifecycle.
+
+Kamailio creates its queues when it starts and (for ``dbmode`` 1/3) saves them when it stops.
+An :class:`Instance` does the same for pymqueue: :meth:`Instance.start` creates every queue
+of the config (or attaches to it when it already exists), loads the ``dbmode`` 1/2 queues
+from the database and starts the RPC server; :meth:`Instance.stop` stops the RPC server,
+saves the ``dbmode`` 1/3 queues, closes the queues and unlinks the ones it created.
+Application processes simply attach to the queues by name (``Queue(name)``).
+
+``pymqueue serve -c FILE`` runs one as a process; in-process it is a context manager::
+
+    with Instance.from_file("pymqueue.toml") as inst:
+        inst.queue("jobs").add("k", "v")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from pymqueue.config import DbMode, InstanceConfig, QueueDef, load_config
+from pymqueue.errors import QueueClosed, QueueExists, QueueNotFound
+
+if TYPE_CHECKING:
+    from pymqueue._queue import Queue
+    from pymqueue.rpc import RpcServer
+
+__all__ = ["Instance"]
+
+log = logging.getLogger("pymqueue.instance")
+
+_ATTACH_RETRIES = 5
+
+
+class Instance:
+    """The queues of one :class:`~pymqueue.config.InstanceConfig`, created on :meth:`start`.
+
+    ``queues`` maps each name (text) to its :class:`~pymqueue.Queue` in Kamailio's registry
+    order: the most recently *defined* queue first (the order of ``mqueue.get_sizes``).
+    ``namespace`` overrides the config's namespace (default: config, else the environment
+    variable ``PYMQUEUE_NAMESPACE``, else ``""``).
+    """
+
+    config: InstanceConfig
+    rpc: RpcServer | None
+
+    def __init__(self, config: InstanceConfig, *, namespace: str | None = None) -> None:
+        self.config = config
+        self.namespace = namespace if namespace is not None else config.namespace
+        self.rpc = None
+        self._queues: dict[bytes, Queue] = {}
+        self._registry: dict[str, Queue] = {}
+        self._attached: set[bytes] = set()
+        self._persistence: Any = None
+        self._started = False
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, namespace: str | None = None) -> Instance:
+        """Load a TOML config (:func:`~pymqueue.config.load_config`) into a new instance."""
+        return cls(load_config(path), namespace=namespace)
+
+    # -- access ------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def queues(self) -> Mapping[str, Queue]:
+        """Name → queue, newest definition first (read-only; empty until started)."""
+        return MappingProxyType(self._registry)
+
+    @property
+    def attached(self) -> frozenset[bytes]:
+        """Raw names of the queues that already existed at start (not unlinked at stop)."""
+        return frozenset(self._attached)
+
+    def queue(self, name: str | bytes) -> Queue:
+        """The queue defined under ``name`` (exact bytes); :class:`QueueNotFound` otherwise."""
+        raw = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+        q = self._queues.get(raw)
+        if q is None:
+            text = raw.decode("utf-8", "replace")
+            if not self._started:
+                raise QueueClosed(f"instance is not started (queue {text!r})", queue=text)
+            raise QueueNotFound(f"No such queue: {text!r}", queue=text)
+        return q
+
+    def definition(self, name: str | bytes) -> QueueDef:
+        """The :class:`QueueDef` of ``name``; :class:`QueueNotFound` if not defined."""
+        raw = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+        for qdef in self.config.queues:
+            if qdef.name == raw:
+                return qdef
+        text = raw.decode("utf-8", "replace")
+        raise QueueNotFound(f"No such queue: {text!r}", queue=text)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _open(self, qdef: QueueDef) -> tuple[Queue, bool]:
+        """Create the queue, or attach when it exists; returns (queue, attached)."""
+        from pymqueue._queue import Queue  # noqa: PLC0415
+
+        kwargs: dict[str, Any] = {
+            "size": qdef.size,
+            "policy": qdef.policy,
+            "addmode": qdef.addmode,
+            "namespace": self.namespace,
+        }
+        if qdef.capacity is not None:
+            kwargs["capacity"] = qdef.capacity
+        for _ in range(_ATTACH_RETRIES):
+            try:
+                return Queue(qdef.name, create=True, **kwargs), False
+            except QueueExists:
+                pass
+            try:
+                q = Queue(qdef.name, create=False, namespace=self.namespace)
+            except QueueNotFound:
+                continue  # unlinked between the two calls: try to create again
+            if q.max_items != qdef.size or q.addmode != qdef.addmode:
+                log.warning(
+                    "queue %r already exists with size=%s addmode=%s; the config says "
+                    "size=%s addmode=%s; using the existing queue",
+                    qdef.display_name,
+                    q.max_items,
+                    int(q.addmode),
+                    qdef.size,
+                    int(qdef.addmode),
+                )
+            return q, True
+        raise QueueExists(
+            f"queue {qdef.display_name!r} keeps appearing and disappearing", qdef.display_name
+        )
+
+    def start(self) -> Instance:
+        """Create or attach every queue, load from the DB, start the RPC server. Idempotent."""
+        with self._lock:
+            if self._started:
+                return self
+            try:
+                for qdef in self.config.queues:
+                    q, attached = self._open(qdef)
+                    self._queues[qdef.name] = q
+                    if attached:
+                        self._attached.add(qdef.name)
+                for qdef in reversed(self.config.queues):
+                    self._registry[qdef.display_name] = self._queues[qdef.name]
+                self._started = True
+                if any(qdef.dbmode != DbMode.NONE for qdef in self.config.queues):
+                    from pymqueue.db import Persistence  # type: ignore[attr-defined,unused-ignore]  # noqa: PLC0415
+
+                    self._persistence = Persistence(
+                        self.config.db_url, sync_interval=self.config.db_sync_interval
+                    )
+                    self._persistence.on_start(
+                        [
+                            (qdef, self._queues[qdef.name], qdef.name in self._attached)
+                            for qdef in self.config.queues
+                        ]
+                    )
+                if self.config.rpc.enabled:
+                    from pymqueue.rpc import RpcServer  # noqa: PLC0415
+
+                    self.rpc = RpcServer(self, self.config.rpc)
+                    self.rpc.start()
+                if self.config.dmq:
+                    log.warning("[dmq] is configured but not started by this version")
+            except BaseException:
+                self._teardown(save=False)
+                raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the RPC server, save to the DB, close (and unlink) the queues. Idempotent."""
+        with self._lock:
+            if not self._started and not self._queues:
+                return
+            self._teardown(save=True)
+
+    def _teardown(self, *, save: bool) -> None:
+        errors: list[BaseException] = []
+        if self.rpc is not None:
+            try:
+                self.rpc.stop()
+            except Exception as exc:
+                errors.append(exc)
+            self.rpc = None
+        if self._persistence is not None:
+            if save:
+                try:
+                    self._persistence.on_stop(
+                        [
+                            (qdef, self._queues[qdef.name])
+                            for qdef in reversed(self.config.queues)
+                            if qdef.name in self._queues
+                        ]
+                    )
+                except Exception as exc:
+                    errors.append(exc)
+            self._persistence = None
+        for raw, q in self._queues.items():
+            try:
+                if raw not in self._attached:
+                    q.unlink()
+                q.close()
+            except Exception as exc:
+                errors.append(exc)
+        self._queues.clear()
+        self._registry.clear()
+        self._attached.clear()
+        self._started = False
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Instance:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.stop()
+            return
+        try:
+            self.stop()
+        except Exception:
+            log.exception("error while stopping the instance")  # keep the original exception
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        src = f" {self.config.source!r}" if self.config.source else ""
+        return f"<pymqueue.Instance{src} {state} queues={len(self.config.queues)} at {id(self):#x}>"
