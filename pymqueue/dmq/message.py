@@ -96,8 +96,9 @@ _CSEQ_RE = re.compile(r"([0-9]{1,10})\s+(" + _TOKEN + r")")
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9]) ([^\x00-\x1f\x7f]*)")
 _REQUEST_RE = re.compile(r"(" + _TOKEN + r") (\S+) SIP/2\.0")
 _CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}@]+")
-_MEDIA_TYPE_RE = re.compile(_TOKEN + "/" + _TOKEN + r"(?:\s*;\s*" + _TOKEN + "=(?:" + _TOKEN
-                            + r"|\"[^\"\r\n]*\"))*")
+_MEDIA_TYPE_RE = re.compile(
+    _TOKEN + "/" + _TOKEN + r"(?:\s*;\s*" + _TOKEN + "=(?:" + _TOKEN + r"|\"[^\"\r\n]*\"))*"
+)
 _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{0,128}")
 
@@ -410,7 +411,7 @@ class _Fields(NamedTuple):
     content_type: str | None
 
 
-def _common(headers: list[tuple[str, str]], body: bytes) -> _Fields:
+def _common(headers: list[tuple[str, str]], body: bytes, strict_length: bool) -> _Fields:
     vias: list[Via] = []
     for n, v in headers:
         if n == "via":
@@ -426,11 +427,12 @@ def _common(headers: list[tuple[str, str]], body: bytes) -> _Fields:
     cseq_m = _CSEQ_RE.fullmatch(_one(headers, "cseq"))
     if cseq_m is None or int(cseq_m.group(1)) >= 2**31:
         raise _fail("bad CSeq")
-    length_text = _one(headers, "content-length")
-    if not re.fullmatch(r"[0-9]{1,6}", length_text):
-        raise _fail(f"bad Content-Length: {length_text[:20]!r}")
-    if int(length_text) != len(body):
-        raise _fail(f"Content-Length {int(length_text)} but the body has {len(body)} bytes")
+    if strict_length:
+        length_text = _one(headers, "content-length")
+        if not re.fullmatch(r"[0-9]{1,6}", length_text):
+            raise _fail(f"bad Content-Length: {length_text[:20]!r}")
+        if int(length_text) != len(body):
+            raise _fail(f"Content-Length {int(length_text)} but the body has {len(body)} bytes")
     content_type = _optional_one(headers, "content-type")
     if content_type is not None and not _MEDIA_TYPE_RE.fullmatch(content_type):
         raise _fail(f"bad Content-Type: {content_type[:80]!r}")
@@ -447,17 +449,21 @@ def _common(headers: list[tuple[str, str]], body: bytes) -> _Fields:
     )
 
 
-def parse_message(data: bytes) -> DmqRequest | DmqResponse:
-    """Parse one datagram; raise :class:`DmqProtocolError` for anything malformed."""
+def parse_message(data: bytes, *, strict_length: bool = True) -> DmqRequest | DmqResponse:
+    """Parse one datagram; raise :class:`DmqProtocolError` for anything malformed.
+
+    ``strict_length=False`` skips the ``Content-Length`` checks (the body is the rest of the
+    datagram); the core uses it only to address a ``400`` reply to a request it rejects.
+    """
     try:
-        return _parse(data)
+        return _parse(data, strict_length)
     except DmqProtocolError:
         raise
     except Exception as exc:  # belt and braces: the contract is "only DmqProtocolError"
         raise _fail(f"unparsable message ({type(exc).__name__})") from exc
 
 
-def _parse(data: bytes) -> DmqRequest | DmqResponse:
+def _parse(data: bytes, strict_length: bool) -> DmqRequest | DmqResponse:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise _fail("a datagram must be bytes")
     data = bytes(data)
@@ -471,11 +477,12 @@ def _parse(data: bytes) -> DmqRequest | DmqResponse:
         m = _STATUS_RE.fullmatch(start)
         if m is None:
             raise _fail(f"bad status line: {start[:80]!r}")
-        return DmqResponse(*_common(headers, body), code=int(m.group(1)), reason=m.group(2))
+        fields = _common(headers, body, strict_length)
+        return DmqResponse(*fields, code=int(m.group(1)), reason=m.group(2))
     m = _REQUEST_RE.fullmatch(start)
     if m is None:
         raise _fail(f"not a SIP request line: {start[:80]!r}")
-    common = _common(headers, body)
+    common = _common(headers, body, strict_length)
     method = m.group(1)
     if common.cseq_method != method:
         raise _fail("CSeq method differs from the request method")
@@ -616,8 +623,9 @@ def build_response(
             vias[0] = Via(top.transport, top.host, top.port, (*top.params, ("received", ip)))
     to = request.to
     if to.tag is None:
-        to = NameAddr(to.uri, (*to.params, ("tag", _check_token(to_tag or new_tag(), "tag"))),
-                      to.display)
+        to = NameAddr(
+            to.uri, (*to.params, ("tag", _check_token(to_tag or new_tag(), "tag"))), to.display
+        )
     lines = [f"{SIP_VERSION} {code} {reason}"]
     lines += [f"Via: {v}" for v in vias]
     lines += [
