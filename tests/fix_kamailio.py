@@ -35,7 +35,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -607,3 +607,15 @@ def kamailio(kamailio_bin: str) -> Iterator[KamailioFactory]:
     finally:
         fac.close()
 
+
+
+@pytest.fixture
+def kamailio_mq(kamailio: KamailioFactory) -> Callable[..., Any]:
+    """``kamailio_mq(queue_lines, debug=2) -> kamailio_mq.KamailioMq``: start the mqueue
+    driver config (tests/data/kamailio/mq-driver.cfg) with the given module lines."""
+    from kamailio_mq import KamailioMq, driver_config  # noqa: PLC0415 - avoids a cycle
+
+    def start(queues: str | Sequence[str], *, debug: int = 2) -> KamailioMq:
+        return KamailioMq(kamailio.start(driver_config(queues, debug=debug)))
+
+    return start
