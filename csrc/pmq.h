@@ -1,0 +1,116 @@
+/* pymqueue C engine: named (key, value) queues in POSIX shared memory.
+ *
+ * Public API. Every function returns PMQ_OK (0), a positive informational code, or a
+ * negative PMQ_E_* code; none calls back into Python. System errors (PMQ_E_SYS) leave the
+ * cause in errno.
+ *
+ * Timeouts are in nanoseconds: < 0 waits forever, 0 tries once, > 0 bounds the wait
+ * (CLOCK_MONOTONIC). Callers that must stay interruptible (Python) wait in short slices.
+ */
+#ifndef PMQ_H
+#define PMQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMQ_OK 0
+#define PMQ_DUPLICATE 1 /* addmode 1: an item with this key exists; nothing added */
+
+#define PMQ_E_EMPTY (-1)       /* nothing to fetch within the timeout */
+#define PMQ_E_FULL (-2)        /* no room within the timeout (reject/block policy) */
+#define PMQ_E_TOOBIG (-3)      /* the item can never fit */
+#define PMQ_E_BUFSMALL (-4)    /* caller's buffer too small; lengths were reported */
+#define PMQ_E_NOTFOUND (-5)    /* no segment of that name */
+#define PMQ_E_EXISTS (-6)      /* segment exists and exclusive creation was asked */
+#define PMQ_E_BADSEG (-7)      /* not a pymqueue segment, truncated, or inconsistent */
+#define PMQ_E_VERSION (-8)     /* a pymqueue segment of another layout version */
+#define PMQ_E_SYS (-9)         /* system call failed; see errno */
+#define PMQ_E_INVAL (-10)      /* invalid argument */
+#define PMQ_E_LOCKTIMEOUT (-11) /* lock held by a live process longer than the lock timeout */
+#define PMQ_E_CORRUPT (-12)    /* a record or the state failed validation */
+
+#define PMQ_POLICY_DROP_OLDEST 0
+#define PMQ_POLICY_REJECT 1
+#define PMQ_POLICY_BLOCK 2
+
+#define PMQ_ADDMODE_APPEND 0
+#define PMQ_ADDMODE_KEEP_OLDEST 1
+#define PMQ_ADDMODE_KEEP_NEWEST 2
+
+#define PMQ_WAIT_READABLE 1
+#define PMQ_WAIT_WRITABLE 2
+
+#define PMQ_NAME_MAX 255
+#define PMQ_MIN_CAPACITY 4096
+#define PMQ_RECORD_OVERHEAD 24
+
+typedef struct pmq_queue pmq_queue;
+
+typedef struct pmq_config {
+    int64_t max_items;  /* Kamailio's `size`: <= 0 unbounded */
+    uint64_t capacity;  /* bytes of the record ring (rounded up to 8) */
+    uint32_t policy;    /* PMQ_POLICY_* */
+    uint32_t addmode;   /* PMQ_ADDMODE_* */
+    uint32_t mode;      /* permission bits of the shm object, e.g. 0600 */
+} pmq_config;
+
+typedef struct pmq_stats {
+    uint64_t items;       /* live items */
+    uint64_t bytes;       /* key + value bytes of the live items */
+    uint64_t ring_used;   /* bytes of the ring in use (records, padding, tombstones) */
+    uint64_t added;
+    uint64_t fetched;
+    uint64_t dropped;     /* removed by the drop-oldest policy */
+    uint64_t rejected;    /* refused by the reject / block policy */
+    uint64_t replaced;    /* removed by addmode 2 (keep newest) */
+    uint64_t duplicates;  /* ignored by addmode 1 (keep oldest) */
+    uint64_t high_water;  /* most live items ever */
+    uint64_t recoveries;  /* lock recoveries after a holder died */
+    uint64_t next_id;
+    uint32_t getters_waiting;
+    uint32_t putters_waiting;
+} pmq_stats;
+
+/* Create (exclusive != 0: fail if it exists) or create-or-attach. *created tells which. */
+int pmq_create(const char *shm_name, const uint8_t *qname, size_t qname_len,
+               const pmq_config *cfg, int exclusive, pmq_queue **out, int *created);
+/* Attach to an existing queue; validates the whole header. */
+int pmq_open(const char *shm_name, pmq_queue **out);
+void pmq_close(pmq_queue *q);
+int pmq_unlink(const char *shm_name);
+
+int pmq_get_config(const pmq_queue *q, pmq_config *cfg);
+/* Copies the queue's name into buf (PMQ_NAME_MAX bytes at most); returns its length. */
+int pmq_get_name(const pmq_queue *q, uint8_t *buf, size_t cap);
+
+int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t vlen,
+            int64_t timeout_ns);
+/* On PMQ_OK and PMQ_E_BUFSMALL, lens[0] and lens[1] hold the key and value lengths;
+ * the key then the value are copied to buf (only on PMQ_OK). */
+int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t timeout_ns);
+
+/* Batch add: lens holds 2*n lengths (key, value, key, value …) and data the bytes in that
+ * order. *done counts the items handled (stored or ignored as duplicate); on an error the
+ * first *done items were handled and the rest were not. */
+int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
+                 size_t *done, int64_t timeout_ns);
+/* Batch fetch of up to max_n items into buf (key, value, key, value …) and lens; waits
+ * (per timeout) for the first item only. *got counts the items fetched. */
+int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
+                   size_t *got, int64_t timeout_ns);
+
+/* Wait until the queue looks readable (has an item) or writable (below its limits). */
+int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns);
+
+int pmq_count(pmq_queue *q, uint64_t *count);
+int pmq_get_stats(pmq_queue *q, pmq_stats *out);
+
+/* How long a live lock holder may keep others waiting (default 5 s). */
+void pmq_set_lock_timeout(int64_t timeout_ns);
+
+/* Test hooks: make this process kill itself with SIGKILL at a numbered point inside the
+ * next mutating operation, or take the lock and return without releasing it. */
+void pmq_test_crash_at(int point);
+int pmq_test_hold_lock(pmq_queue *q);
+
+#endif
