@@ -235,6 +235,16 @@ class DmqCore:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``: pings, retransmissions, timeouts, cache expiry.
+
+        A ping due at the same instant as a timeout is sent first, so it still carries the
+        status the node had before the timeout (as on a real Kamailio, where the 408 comes a
+        little after the ping; spec §3.8: disabled at ~35 s, deleted at ~70 s).
+        """
+        if self._next_ping is not None and now >= self._next_ping:
+            nxt = self._next_ping + self.config.ping_interval
+            self._next_ping = nxt if nxt > now else now + self.config.ping_interval
+            self._ping(now)
         resend, expired = self._txns.handle_timer(now)
         self._out.extend(resend)
         for txn in expired:
@@ -242,9 +252,6 @@ class DmqCore:
         self._cache.expire(now)
         for rid in [r for r, d in self._deferred.items() if d.deadline <= now]:
             del self._deferred[rid]
-        if self._next_ping is not None and now >= self._next_ping:
-            self._next_ping = now + self.config.ping_interval
-            self._ping(now)
 
     # ------------------------------------------------------------------ membership
     def start(self, now: float) -> None:
