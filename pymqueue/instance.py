@@ -20,20 +20,19 @@ import os
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pymqueue.config import DbMode, InstanceConfig, QueueDef, load_config
-from pymqueue.errors import QueueClosed, QueueExists, QueueNotFound
+from pymqueue.errors import ConfigError, QueueClosed, QueueNotFound
 
 if TYPE_CHECKING:
     from pymqueue._queue import Queue
+    from pymqueue.db import Persistence
     from pymqueue.rpc import RpcServer
 
 __all__ = ["Instance"]
 
 log = logging.getLogger("pymqueue.instance")
-
-_ATTACH_RETRIES = 5
 
 
 class Instance:
@@ -55,7 +54,7 @@ class Instance:
         self._queues: dict[bytes, Queue] = {}
         self._registry: dict[str, Queue] = {}
         self._attached: set[bytes] = set()
-        self._persistence: Any = None
+        self._persistence: Persistence | None = None
         self._started = False
         self._lock = threading.RLock()
 
@@ -103,40 +102,23 @@ class Instance:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _open(self, qdef: QueueDef) -> tuple[Queue, bool]:
-        """Create the queue, or attach when it exists; returns (queue, attached)."""
+        """Create the queue, or attach when it exists; returns (queue, attached).
+
+        Attaching to a queue whose settings differ from the definition raises
+        :class:`~pymqueue.ConfigError` (a segment cannot be resized or re-moded).
+        """
         from pymqueue._queue import Queue  # noqa: PLC0415
 
-        kwargs: dict[str, Any] = {
-            "size": qdef.size,
-            "policy": qdef.policy,
-            "addmode": qdef.addmode,
-            "namespace": self.namespace,
-        }
-        if qdef.capacity is not None:
-            kwargs["capacity"] = qdef.capacity
-        for _ in range(_ATTACH_RETRIES):
-            try:
-                return Queue(qdef.name, create=True, **kwargs), False
-            except QueueExists:
-                pass
-            try:
-                q = Queue(qdef.name, create=False, namespace=self.namespace)
-            except QueueNotFound:
-                continue  # unlinked between the two calls: try to create again
-            if q.max_items != qdef.size or q.addmode != qdef.addmode:
-                log.warning(
-                    "queue %r already exists with size=%s addmode=%s; the config says "
-                    "size=%s addmode=%s; using the existing queue",
-                    qdef.display_name,
-                    q.max_items,
-                    int(q.addmode),
-                    qdef.size,
-                    int(qdef.addmode),
-                )
-            return q, True
-        raise QueueExists(
-            f"queue {qdef.display_name!r} keeps appearing and disappearing", qdef.display_name
+        q = Queue(
+            qdef.name,
+            create=None,
+            size=qdef.size,
+            capacity=qdef.capacity,
+            policy=qdef.policy,
+            addmode=qdef.addmode,
+            namespace=self.namespace,
         )
+        return q, not q.created
 
     def start(self) -> Instance:
         """Create or attach every queue, load from the DB, start the RPC server. Idempotent."""
@@ -153,17 +135,20 @@ class Instance:
                     self._registry[qdef.display_name] = self._queues[qdef.name]
                 self._started = True
                 if any(qdef.dbmode != DbMode.NONE for qdef in self.config.queues):
-                    from pymqueue.db import Persistence  # type: ignore[attr-defined,unused-ignore]  # noqa: PLC0415
+                    if self.config.db_url is None:
+                        raise ConfigError("a queue has a dbmode but no db_url is set")
+                    from pymqueue.db import Persistence  # noqa: PLC0415
 
-                    self._persistence = Persistence(
+                    persistence = Persistence(
                         self.config.db_url, sync_interval=self.config.db_sync_interval
                     )
-                    self._persistence.on_start(
+                    persistence.on_start(
                         [
                             (qdef, self._queues[qdef.name], qdef.name in self._attached)
                             for qdef in self.config.queues
                         ]
                     )
+                    self._persistence = persistence  # from now on, stopping saves
                 if self.config.rpc.enabled:
                     from pymqueue.rpc import RpcServer  # noqa: PLC0415
 
@@ -172,7 +157,8 @@ class Instance:
                 if self.config.dmq:
                     log.warning("[dmq] is configured but not started by this version")
             except BaseException:
-                self._teardown(save=False)
+                # like Kamailio (spec T43): what was loaded from the DB is written back
+                self._teardown()
                 raise
         return self
 
@@ -181,9 +167,9 @@ class Instance:
         with self._lock:
             if not self._started and not self._queues:
                 return
-            self._teardown(save=True)
+            self._teardown()
 
-    def _teardown(self, *, save: bool) -> None:
+    def _teardown(self) -> None:
         errors: list[BaseException] = []
         if self.rpc is not None:
             try:
@@ -191,22 +177,25 @@ class Instance:
             except Exception as exc:
                 errors.append(exc)
             self.rpc = None
+        keep = False
         if self._persistence is not None:
-            if save:
-                try:
-                    self._persistence.on_stop(
-                        [
-                            (qdef, self._queues[qdef.name])
-                            for qdef in reversed(self.config.queues)
-                            if qdef.name in self._queues
-                        ]
-                    )
-                except Exception as exc:
-                    errors.append(exc)
+            try:
+                self._persistence.on_stop(
+                    [
+                        (qdef, self._queues[qdef.name])
+                        for qdef in reversed(self.config.queues)
+                        if qdef.name in self._queues
+                    ]
+                )
+            except Exception as exc:
+                # the items are still in the queues: leave the segments in place
+                log.error("saving failed; the queues are left in shared memory: %s", exc)
+                errors.append(exc)
+                keep = True
             self._persistence = None
         for raw, q in self._queues.items():
             try:
-                if raw not in self._attached:
+                if raw not in self._attached and not keep:
                     q.unlink()
                 q.close()
             except Exception as exc:

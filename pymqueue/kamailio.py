@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from pymqueue.errors import Error, QueueNotFound
 
@@ -76,6 +76,11 @@ Lookup: TypeAlias = "_HasQueue | Mapping[bytes, Queue] | Mapping[str, Queue] | C
 
 def _b(value: Data) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _name(value: Name) -> bytes:
+    # queue names: like the engine, str is UTF-8 with surrogateescape
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
 
 
 def pv_text(value: bytes | int | None) -> bytes:
@@ -150,13 +155,11 @@ class ScriptApi:
             return self._own_lookup(name)
         lookup = self._lookup
         if isinstance(lookup, Mapping):
-            found = lookup.get(name)
+            table = cast("Mapping[object, Queue]", lookup)
+            found = table.get(name)
             if found is None:
-                try:
-                    found = lookup.get(name.decode("utf-8"))
-                except UnicodeDecodeError:
-                    found = None
-            return found  # type: ignore[no-any-return]
+                found = table.get(name.decode("utf-8", "surrogateescape"))
+            return found
         if hasattr(lookup, "queue"):
             try:
                 return lookup.queue(name)  # type: ignore[union-attr]
@@ -175,7 +178,7 @@ class ScriptApi:
 
     def mq_add(self, q: Name, key: Data, value: Data) -> int:
         """Append ``(key, value)``; 1 on success (see the module doc), -1 on failure."""
-        name, k, v = _b(q), _b(key), _b(value)
+        name, k, v = _name(q), _b(key), _b(value)
         for what, data in (("name", name), ("key", k), ("val", v)):
             if self._too_long(data):
                 log.error("cannot get the %s: %d bytes >= pv_buffer_size", what, len(data))
@@ -193,7 +196,7 @@ class ScriptApi:
 
     def mq_fetch(self, q: Name) -> int:
         """Move the oldest item into this context's slot: 1, -2 empty, -1 unknown queue."""
-        name = _b(q)
+        name = _name(q)
         queue = self._find(name)
         if queue is None:
             return -1  # the slot is left alone (B16)
@@ -206,7 +209,7 @@ class ScriptApi:
 
     def mq_size(self, q: Name) -> int:
         """Item count N >= 1; -1 when empty; -2 when the queue is unknown."""
-        name = _b(q)
+        name = _name(q)
         queue = self._find(name)
         if queue is None:
             log.error("mqueue %s not found", name.decode("utf-8", "replace"))
@@ -216,13 +219,13 @@ class ScriptApi:
 
     def mq_pv_free(self, q: Name) -> int:
         """Drop this context's held item for ``q``; always 1 (also for unknown queues)."""
-        self._slots.pop(_b(q), None)
+        self._slots.pop(_name(q), None)
         return 1
 
     # -- pseudo-variables --------------------------------------------------------------------
 
     def _slot_part(self, q: Name, index: int) -> bytes | None:
-        name = _b(q)
+        name = _name(q)
         if self._find(name) is None:
             log.error("mqueue not found: %s", name.decode("utf-8", "replace"))
             return None
@@ -241,7 +244,7 @@ class ScriptApi:
 
     def pv_mq_size(self, q: Name) -> int | None:
         """``$mq_size(q)``: the item count (0 when empty), ``None`` for an unknown queue."""
-        name = _b(q)
+        name = _name(q)
         queue = self._find(name)
         if queue is None:
             log.error("mqueue not found: %s", name.decode("utf-8", "replace"))
@@ -252,17 +255,17 @@ class ScriptApi:
 
     def kemi_mq_size(self, q: Name) -> int:
         """``KSR.mqueue.mq_size``: the count, 0 when empty, -1 for an unknown queue."""
-        queue = self._find(_b(q))
+        queue = self._find(_name(q))
         return -1 if queue is None else queue.size()
 
     def mqk_get(self, q: Name) -> bytes | None:
         """``KSR.mqueue.mqk_get``: the held key (``b""`` if empty), ``None`` if none held."""
-        item = self._slots.get(_b(q))
+        item = self._slots.get(_name(q))
         return None if item is None else item[0]
 
     def mqv_get(self, q: Name) -> bytes | None:
         """``KSR.mqueue.mqv_get``: the held value (``b""`` if empty), ``None`` if none held."""
-        item = self._slots.get(_b(q))
+        item = self._slots.get(_name(q))
         return None if item is None else item[1]
 
     # -- housekeeping ------------------------------------------------------------------------
