@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fix_postgres import free_port, missing
+from fix_postgres import free_port, missing, server_env
 
 MODULE_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 START_TIMEOUT = 20.0
@@ -213,7 +213,7 @@ class Kamailio:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p = subprocess.run(
                         [self.kamcmd_bin, "-s", self.ctl, "core.uptime"],
-                        capture_output=True, text=True, timeout=2, check=False,
+                        capture_output=True, text=True, timeout=2, check=False, env=server_env(),
                     )  # fmt: skip
                     if p.returncode == 0 and "uptime" in p.stdout:
                         return
@@ -251,7 +251,7 @@ class Kamailio:
         errors, which print ``error: <code> - <text>``)."""
         p = subprocess.run(
             [self.kamcmd_bin, "-s", self.ctl, cmd, *map(str, args)],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False, env=server_env(),
         )  # fmt: skip
         if p.returncode != 0:
             raise KamailioError(
@@ -490,7 +490,7 @@ class KamailioFactory:
         with open(logfile, "wb") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=workdir, start_new_session=True,
+                cwd=workdir, start_new_session=True, env=server_env(),
             )  # fmt: skip
         return proc, logfile
 
@@ -560,7 +560,7 @@ class KamailioFactory:
         p = subprocess.run(
             [self.kamailio_bin, "-c", "-f", str(cfg), "-L", module_dir(), "-Y",
              str(workdir / "run")],
-            capture_output=True, timeout=timeout, check=False, cwd=workdir,
+            capture_output=True, timeout=timeout, check=False, cwd=workdir, env=server_env(),
         )  # fmt: skip
         return KamailioExit(p.returncode, (p.stdout + p.stderr).decode(errors="replace"))
 

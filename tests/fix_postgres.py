@@ -41,6 +41,15 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
+def server_env() -> dict[str, str]:
+    """Environment for server processes (PostgreSQL, Kamailio, tools): the test process's
+    own, minus sanitizer preloads (scripts/sanitize.sh preloads libasan for Python only)."""
+    env = dict(os.environ)
+    for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        env.pop(k, None)
+    return env
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port on 127.0.0.1 that is free right now for ``kind`` (TCP by default)."""
     with socket.socket(socket.AF_INET, kind) as s:
@@ -81,6 +90,7 @@ def _ensure_user() -> str | None:
         [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pmqtest"],
         check=True,
         capture_output=True,
+        env=server_env(),
     )
     return "pmqtest"
 
@@ -116,6 +126,7 @@ class PgServer:
             timeout=timeout,
             cwd=self.basedir,
             check=False,
+            env=server_env(),
         )
         if check and p.returncode != 0:
             raise RuntimeError(
@@ -161,7 +172,7 @@ class PgServer:
             p = subprocess.run(
                 [str(b / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
                  "-U", self.user, "-d", "postgres", "-t", "2"],
-                capture_output=True, check=False,
+                capture_output=True, check=False, env=server_env(),
             )  # fmt: skip
             if p.returncode == 0:
                 return
