@@ -589,11 +589,15 @@ class _HttpServer(http.server.ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # As ThreadingMixIn's, but the slot is free before the client sees the socket close.
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             self.set_deadline(request, None)
             self._slots.release()
+            self.shutdown_request(request)
 
     def set_deadline(self, sock: socket.socket, deadline: float | None) -> None:
         with self._deadlines_lock:
