@@ -208,7 +208,7 @@ def cmd_get_sizes(args: argparse.Namespace) -> int:
         if names is None:
             from pymqueue._queue import list_queues  # noqa: PLC0415
 
-            names = [os.fsencode(n) for n in list_queues(namespace)]
+            names = sorted(os.fsencode(n) for n in list_queues(namespace))
         result: list[tuple[bytes, int]] = []
         for raw in names:
             q = _attach(raw, namespace, 404)
