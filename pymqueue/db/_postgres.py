@@ -61,7 +61,7 @@ class PostgresBackend:
             )
         except self.psycopg.Error as e:
             raise DatabaseError(
-                f"cannot connect to {self.display}: {str(e).strip()} (is the server up?)"
+                f"cannot connect to {self.display}: {' '.join(str(e).split())} (is the server up?)"
             ) from e
         self._journal_ready = False
 
@@ -254,7 +254,7 @@ class PostgresBackend:
         if not isinstance(exc, self.psycopg.Error):
             return None
         state = getattr(exc, "sqlstate", None)
-        msg = str(exc).strip()
+        msg = " ".join(str(exc).split())
         if isinstance(exc, self.psycopg.OperationalError) and state is None:
             return f"{msg} (connection lost or server down?)"
         if state == "53100":
