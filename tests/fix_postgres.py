@@ -119,21 +119,29 @@ class PgServer:
         return [*prefix, *argv]
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60) -> str:
-        p = subprocess.run(
+        # own process group: on timeout the whole tree (runuser, initdb, postgres -V …) is
+        # killed by its group id, not only the direct child
+        p = subprocess.Popen(
             self.cmd(*argv),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             cwd=self.basedir,
-            check=False,
             env=server_env(),
+            start_new_session=True,
         )
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise
         if check and p.returncode != 0:
             raise RuntimeError(
-                f"{argv[0]} failed ({p.returncode}):\n{p.stdout}{p.stderr}\n--- log ---\n"
-                + self.log()
+                f"{argv[0]} failed ({p.returncode}):\n{out}{err}\n--- log ---\n" + self.log()
             )
-        return p.stdout
+        return out
 
     def log(self) -> str:
         try:
