@@ -78,7 +78,7 @@ _COMPACT = {
 }
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _TOKEN_RE = re.compile(_TOKEN)
-_USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,?/%]+")
+_USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,/%]+")
 _HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+|\"[^\"\\\r\n]*\"")
