@@ -111,8 +111,15 @@ def test_configurable_fr_timer() -> None:
 def test_transactions_unit_schedule() -> None:
     txns = ClientTransactions()
     txns.start(
-        id=1, kind=TransactionKind.DATA, node=nid(1), channel="c", branch="z9hG4bKa",
-        call_id="c", datagram=b"d", address=(IP, 1), now=100.0,
+        id=1,
+        kind=TransactionKind.DATA,
+        node=nid(1),
+        channel="c",
+        branch="z9hG4bKa",
+        call_id="c",
+        datagram=b"d",
+        address=(IP, 1),
+        now=100.0,
     )
     times = []
     while (t := txns.get_timer()) is not None:
@@ -128,8 +135,15 @@ def test_transactions_unit_schedule() -> None:
 def test_late_timer_sends_one_copy() -> None:
     txns = ClientTransactions()
     txns.start(
-        id=1, kind=TransactionKind.DATA, node=nid(1), channel="c", branch="z9hG4bKa",
-        call_id="c", datagram=b"d", address=(IP, 1), now=0.0,
+        id=1,
+        kind=TransactionKind.DATA,
+        node=nid(1),
+        channel="c",
+        branch="z9hG4bKa",
+        call_id="c",
+        datagram=b"d",
+        address=(IP, 1),
+        now=0.0,
     )
     resend, _ = txns.handle_timer(5.0)  # called late: 0.5, 1.5, 3.5 all overdue
     assert len(resend) == 1
@@ -139,9 +153,7 @@ def test_late_timer_sends_one_copy() -> None:
 def reply_to(data: bytes, code: int = 200, reason: str = "OK", body: bytes = b"") -> bytes:
     req = parse_message(data)
     assert isinstance(req, DmqRequest)
-    return build_response(
-        req, code, reason, body=body, content_type="text/plain" if body else None
-    )
+    return build_response(req, code, reason, body=body, content_type="text/plain" if body else None)
 
 
 def test_final_reply_stops_retransmission() -> None:
@@ -348,9 +360,7 @@ def test_kamailio_custom_channel_vector_13() -> None:
     core = DmqCore(DmqConfig("sip:127.0.0.1:5093"))
     got: list[IncomingRequest] = []
     core.register_peer("mqueue", lambda r: got.append(r) or PeerReply())  # type: ignore[func-returns-value]
-    core.receive_datagram(
-        (DATA / "13-custom-channel-request.sip").read_bytes(), (IP, 5091), 0.0
-    )
+    core.receive_datagram((DATA / "13-custom-channel-request.sip").read_bytes(), (IP, 5091), 0.0)
     [(data, addr)] = core.datagrams_to_send(0.0)
     assert addr == (IP, 5091)
     reply = parse_message(data)
@@ -394,8 +404,7 @@ def notification(body: bytes, branch: str, length: bool = True) -> bytes:
 
 HAZARDS = {
     # input that wedges or misleads Kamailio 5.6.3 → our answer (None = dropped)
-    "last line without terminator": (
-        notification(b"sip:127.0.0.1:5097;status=active", "a1"), 200),
+    "last line without terminator": (notification(b"sip:127.0.0.1:5097;status=active", "a1"), 200),
     "line without params and terminator": (notification(b"sip:127.0.0.1:5095", "a2"), 200),
     "blank line in body": (
         notification(b"sip:127.0.0.1:5097;status=active\r\n\r\nsip:127.0.0.1:5098\r\n", "a3"),
@@ -404,7 +413,9 @@ HAZARDS = {
     "unknown status": (notification(b"sip:127.0.0.1:5097;status=up\r\n", "a4"), 400),
     "host name": (notification(b"sip:no-such-host.invalid:5097;status=active\r\n", "a5"), 200),
     "no content-length": (
-        notification(b"sip:127.0.0.1:5097;status=active\r\n", "a6", length=False), 400),
+        notification(b"sip:127.0.0.1:5097;status=active\r\n", "a6", length=False),
+        400,
+    ),
     "r-uri without user": (
         request("mqueue", branch="z9hG4bKa7").replace(
             b"KDMQ sip:mqueue@127.0.0.1:5091", b"KDMQ sip:127.0.0.1:5091"
@@ -412,8 +423,7 @@ HAZARDS = {
         400,
     ),
     "htable {}": (request("htable", b"{}", branch="z9hG4bKa8"), 404),
-    "other method": (
-        request("mqueue", branch="z9hG4bKa9").replace(b"KDMQ", b"OPTIONS"), 405),
+    "other method": (request("mqueue", branch="z9hG4bKa9").replace(b"KDMQ", b"OPTIONS"), 405),
     "garbage": (b"\x00\xff" * 100, None),
     "truncated datagram": (request("mqueue", branch="z9hG4bKb1")[:120], None),
 }
@@ -464,8 +474,9 @@ def test_secret_signs_and_checks() -> None:
     secret = b"k" * 32
     a = DmqCore(DmqConfig("sip:127.0.0.1:5091", secret=secret))
     b = DmqCore(
-        DmqConfig("sip:127.0.0.1:5092", notification_addresses=("sip:127.0.0.1:5091",),
-                  secret=secret)
+        DmqConfig(
+            "sip:127.0.0.1:5092", notification_addresses=("sip:127.0.0.1:5091",), secret=secret
+        )
     )
     a.start(0.0)
     b.start(0.0)

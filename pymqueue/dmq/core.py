@@ -224,6 +224,11 @@ class DmqCore:
     def next_event(self) -> DmqEvent | None:
         return self._events.popleft() if self._events else None
 
+    @property
+    def pending_transactions(self) -> int:
+        """Requests of ours still waiting for a final reply (e.g. wait for 0 after leave)."""
+        return len(self._txns)
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called next (None: nothing scheduled)."""
         times = [
@@ -429,9 +434,13 @@ class DmqCore:
 
     # ------------------------------------------------------------------ receiving
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one UDP payload from ``addr``. Never raises for bad input."""
+        """Process one UDP payload from ``addr``. Never raises for bad input.
+
+        IPv4-mapped IPv6 sources (``::ffff:a.b.c.d``, from a dual-stack socket) are treated
+        as the IPv4 address, and an IPv6 scope id is dropped.
+        """
         try:
-            self._receive(bytes(data), (str(addr[0]), int(addr[1])), now)
+            self._receive(bytes(data), (_norm_ip(str(addr[0])), int(addr[1])), now)
         except DmqProtocolError as exc:  # pragma: no cover - defensive: all paths catch
             self._drop(addr, f"protocol error: {exc}")
 
@@ -475,7 +484,7 @@ class DmqCore:
         if txn is None:
             self._drop(addr, "reply matches no transaction")
             return
-        if addr[0] != txn.address[0]:
+        if addr[0] != _norm_ip(txn.address[0]):
             self._drop(addr, "reply from another host than the request went to")
             return
         done = self._txns.on_response(resp, now)
@@ -622,7 +631,8 @@ class DmqCore:
         """The sender's node identity (From host:port); a request from that node's own
         address is proof that it is alive (:meth:`NodeList.mark_seen`)."""
         sender = NodeId.from_uri(req.from_.uri)
-        if sender in self.nodes and sender.is_ip and sender.address == addr:
+        host, port = sender.address
+        if sender in self.nodes and sender.is_ip and (_norm_ip(host), port) == addr:
             self.nodes.mark_seen(sender)
         return sender
 
@@ -644,6 +654,16 @@ class DmqCore:
                 self._events.append(NodeUp(c.node))
             elif c.old is NodeStatus.ACTIVE and c.new is not NodeStatus.ACTIVE:
                 self._events.append(NodeDown(c.node, c.new))
+
+
+def _norm_ip(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _allowed(host: str, nets: tuple[Network, ...]) -> bool:
