@@ -32,10 +32,10 @@ section "RPC (rpc.py)", lists every divergence):
   crashes on some datagrams) is ``-32600 Invalid Request``; ``params`` that are neither a list,
   an object nor null is ``-32602 Invalid params``. A batch (a JSON array) is not supported by
   ``jsonrpcs``; it gets one ``-32600`` reply object (not an array), nothing is executed.
-* A body larger than ``max_request_size`` is refused unread (HTTP ``413``, or the datagram is
-  dropped-with-reply): ``-32600 Request too large``. A method that raises something else than
-  :class:`~pymqueue.errors.RpcError` yields ``-32603 Internal error`` (logged) and the server
-  carries on.
+* A body larger than ``max_request_size`` is refused unread (HTTP ``413``; an oversized
+  datagram gets the same error reply): ``-32600 Request too large``. A method that raises
+  something else than :class:`~pymqueue.errors.RpcError` yields ``-32603 Internal error``
+  (logged) and the server carries on.
 
 Values are bytes. A key, value or queue name that is valid UTF-8 comes out as a JSON string,
 exactly Kamailio's shape (NUL and control characters JSON-escaped). One that is not valid UTF-8
