@@ -498,3 +498,26 @@ def test_secret_signs_and_checks() -> None:
     assert [type(e) for e in events(a)] == [DatagramDropped] * 3
     a.receive_datagram(sign(plain, secret), PEER, 1.0)
     assert len(a.datagrams_to_send(1.0)) == 1
+
+
+def test_allow_networks_also_filter_node_lines() -> None:
+    core = make_core(allow_networks=("127.0.0.0/8",))
+    reply = answer(
+        core,
+        notification(
+            b"sip:10.1.1.1:5060;status=active\r\nsip:127.0.0.1:5097;status=active\r\n", "nl"
+        ),
+    )
+    assert reply is not None
+    assert reply.code == 200
+    assert core.nodes.status(NodeId("10.1.1.1", "5060")) is None
+    assert core.nodes.status(nid(5097)) is NodeStatus.ACTIVE
+
+
+def test_node_list_is_capped() -> None:
+    core = make_core(max_nodes=4)
+    body = b"".join(b"sip:127.0.0.1:%d;status=active\r\n" % p for p in range(6000, 6010))
+    reply = answer(core, notification(body, "cap"))
+    assert reply is not None
+    assert reply.code == 200
+    assert len(core.nodes) == 4

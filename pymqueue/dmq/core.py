@@ -128,8 +128,11 @@ class DmqConfig:
     reply_cache_ttl: float | None = None
     """How long replies are kept for retransmissions (default ``fr_timer + t2``)."""
     reply_cache_size: int = 4096
+    max_nodes: int = 1024
+    """Cap on the node list; lines naming further new nodes are ignored."""
     allow_networks: tuple[str | Network, ...] | None = None
-    """If set, datagrams from other source addresses are dropped."""
+    """If set, datagrams from other source addresses are dropped, and node lines naming
+    addresses outside these networks are ignored (we never send to them)."""
     secret: bytes | None = None
     """If set, every message is signed and every unsigned or badly signed one dropped."""
     user_agent: str = "pymqueue"
@@ -175,6 +178,8 @@ class DmqConfig:
             raise ConfigError("timers must satisfy 0 < t1 <= t2 and fr_timer > 0")
         if self.reply_cache_ttl is not None and not self.reply_cache_ttl > 0:
             raise ConfigError("reply_cache_ttl must be > 0")
+        if self.max_nodes < 1:
+            raise ConfigError("max_nodes must be >= 1")
         if self.reply_cache_size < 1:
             raise ConfigError("reply_cache_size must be >= 1")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
@@ -201,7 +206,13 @@ class DmqCore:
 
     def __init__(self, config: DmqConfig) -> None:
         self.config = config
-        self.nodes = NodeList(config.local, config.notification_nodes)
+        nets = config.networks
+        self.nodes = NodeList(
+            config.local,
+            config.notification_nodes,
+            max_nodes=config.max_nodes,
+            accept=None if nets is None else lambda n: _allowed(n.address[0], nets),
+        )
         self._txns = ClientTransactions(config.t1, config.t2, config.fr_timer)
         ttl = config.reply_cache_ttl or config.fr_timer + config.t2
         self._cache = ReplyCache(ttl, config.reply_cache_size)

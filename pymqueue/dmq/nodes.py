@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pymqueue.dmq.message import SipUri, parse_uri
@@ -196,9 +196,21 @@ class NodeChange:
 class NodeList:
     """The node list of one DMQ instance, including itself (newest first, like Kamailio)."""
 
-    def __init__(self, local: NodeId, notification_addresses: Iterable[NodeId] = ()) -> None:
+    def __init__(
+        self,
+        local: NodeId,
+        notification_addresses: Iterable[NodeId] = (),
+        *,
+        max_nodes: int = 1024,
+        accept: Callable[[NodeId], bool] | None = None,
+    ) -> None:
+        """``max_nodes`` caps the list (lines naming new nodes beyond it are skipped);
+        ``accept`` filters nodes learnt from lines (e.g. the core's allow-list), so a
+        forged list cannot make us ping arbitrary addresses."""
         self.local = local
         self.notification_addresses = frozenset(notification_addresses)
+        self.max_nodes = max_nodes
+        self.accept = accept
         self._nodes: dict[NodeId, Node] = {local: Node(local, NodeStatus.ACTIVE, local=True)}
 
     # -- reading
@@ -268,7 +280,8 @@ class NodeList:
         return out
 
     def merge(self, lines: Iterable[NodeLine]) -> list[NodeChange]:
-        """Merge received lines (spec §3.7). Lines with a host name are skipped (no DNS)."""
+        """Merge received lines (spec §3.7). Lines with a host name are skipped (no DNS),
+        and so are new nodes refused by ``accept`` or beyond ``max_nodes``."""
         out: list[NodeChange] = []
         for line in lines:
             if not line.node.is_ip:
@@ -276,6 +289,10 @@ class NodeList:
             status = line.status or NodeStatus.PENDING
             entry = self._nodes.get(line.node)
             if entry is None:
+                if len(self._nodes) >= self.max_nodes or (
+                    self.accept is not None and not self.accept(line.node)
+                ):
+                    continue
                 self._nodes[line.node] = Node(
                     line.node,
                     status,
