@@ -1,0 +1,200 @@
+"""Markdown report of a pytest-benchmark JSON written by ``bench/``.
+
+    python -m pytest bench/ --benchmark-json=bench.json && python bench/report.py bench.json
+
+Prints machine info, one table per workload (implementations x items/s with ratios to
+posix_ipc, faster-fifo and the floor probe), the add-cost table and the targets.
+Throughput is ``items per round / median round time``; "spread" is the slowest and fastest
+round, so a wide spread means a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+COMMAND = (
+    "python -m pytest bench/ --benchmark-json=bench.json -p no:cacheprovider "
+    "&& python bench/report.py bench.json"
+)
+WORKLOADS = {
+    "W1": "W1: one process, add one item then fetch it (key 16 B, value 64 B)",
+    "W2 64 B": "W2: 1 producer process -> 1 consumer process, value 64 B",
+    "W2 4 KiB": "W2: 1 producer process -> 1 consumer process, value 4 KiB",
+    "W3": "W3: 4 producer processes -> 1 consumer process, value 64 B",
+    "W4": "W4: one process, 256 items per call (add_many, then fetch_many)",
+}
+POSIX = "posix_ipc"
+FLOOR = "floor (raw cffi)"
+FACADE = "pymqueue"
+FACADE_BLOCK = "pymqueue (block, 16 MiB)"
+
+
+def ff_ref(workload: str) -> str:
+    return "faster-fifo put_many/get_many" if workload == "W4" else "faster-fifo"
+
+
+def facade_row(workload: str) -> str:
+    return FACADE_BLOCK if workload in ("W2 64 B", "W2 4 KiB", "W3") else FACADE
+
+
+def fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    return f"{x / 1e3:.0f} k"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def load(path: str) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def rates(data: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """workload -> impl -> {median, slow, fast, rounds, items}."""
+    out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if info.get("workload") not in WORKLOADS:
+            continue
+        st = b["stats"]
+        items = info["items"]
+        out[info["workload"]][info["impl"]] = {
+            "median": items / st["median"],
+            "slow": items / st["max"],
+            "fast": items / st["min"],
+            "rounds": st["rounds"],
+            "items": items,
+        }
+    return out
+
+
+def machine(data: dict[str, Any]) -> list[str]:
+    mi = data.get("machine_info", {})
+    extra = mi.get("pymqueue_bench", {})
+    cpu = extra.get("cpu_model") or mi.get("cpu", {}).get("brand_raw", "?")
+    lines = [
+        f"- CPU: {cpu}, {extra.get('cpus_online', '?')} CPUs online",
+        f"- Kernel: Linux {extra.get('kernel', mi.get('release', '?'))}; "
+        f"Python {extra.get('python', mi.get('python_version', '?'))} "
+        f"({mi.get('python_implementation', '?')})",
+        f"- pymqueue {extra.get('pymqueue', '?')} (cffi {extra.get('cffi', '?')}); "
+        f"faster-fifo {extra.get('faster-fifo', '?')}; posix_ipc {extra.get('posix_ipc', '?')}; "
+        f"redis-server {extra.get('redis-server', '?')} (redis-py {extra.get('redis-py', '?')}); "
+        f"pytest-benchmark {extra.get('pytest-benchmark', '?')}",
+        f"- POSIX mqueue limits: msg_max {extra.get('mqueue_msg_max', '?')}, "
+        f"msgsize_max {extra.get('mqueue_msgsize_max', '?')} (posix_ipc depth = msg_max)",
+        f"- Run: {data.get('datetime', '?')}",
+    ]
+    return lines
+
+
+def workload_table(workload: str, rows: dict[str, dict[str, float]]) -> list[str]:
+    posix = rows.get(POSIX, {}).get("median")
+    ff = rows.get(ff_ref(workload), {}).get("median")
+    floor = rows.get(FLOOR, {}).get("median")
+    lines = [
+        f"#### {WORKLOADS[workload]}",
+        "",
+        "| implementation | items/s (median) | spread (slowest-fastest round) | rounds x items "
+        "| x posix_ipc | x faster-fifo | of floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for impl, r in sorted(rows.items(), key=lambda kv: -kv[1]["median"]):
+        m = r["median"]
+        lines.append(
+            f"| {impl} | {fmt_rate(m)} | {fmt_rate(r['slow'])}-{fmt_rate(r['fast'])} "
+            f"| {int(r['rounds'])} x {int(r['items'])} "
+            f"| {fmt_ratio(m / posix if posix else None)} "
+            f"| {fmt_ratio(m / ff if ff else None)} "
+            f"| {f'{m / floor:.0%}' if floor else ''} |"
+        )
+    lines.append("")
+    return lines
+
+
+def add_table(data: dict[str, Any]) -> list[str]:
+    cells: dict[str, dict[int, float]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if info.get("workload") != "ADD":
+            continue
+        cells[info["impl"]][info["length"]] = b["stats"]["median"] / info["items"] * 1e9
+    if not cells:
+        return []
+    lines = [
+        "#### Cost of one add against the queue's length (facade `Queue.add`, value 64 B)",
+        "",
+        "`new`: a key not queued, then one `fetch()` to keep the length (the figure includes "
+        "that fetch); `dup`: a key already queued (mode 1 ignores the add, mode 2 removes the "
+        "old item and appends).",
+        "",
+        "| addmode / case | 10 items queued | 100 000 items queued | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for impl in sorted(cells):
+        c = cells[impl]
+        a, b = c.get(10), c.get(100_000)
+        ratio = f"{b / a:.2f}" if a and b else ""
+        lines.append(
+            f"| {impl} | {a:.0f} ns | {b:.0f} ns | {ratio} |" if a and b else f"| {impl} | | | |"
+        )
+    lines.append("")
+    return lines
+
+
+def targets(r: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    def get(w: str, impl: str) -> float | None:
+        return r.get(w, {}).get(impl, {}).get("median")
+
+    checks: list[tuple[str, str, str, float]] = [
+        ("W1", FACADE, POSIX, 2.0),
+        ("W1", FACADE, "faster-fifo", 6.0),
+        ("W2 64 B", FACADE_BLOCK, POSIX, 1.3),
+        ("W2 4 KiB", FACADE_BLOCK, POSIX, 1.0),
+        ("W3", FACADE_BLOCK, POSIX, 2.0),
+        ("W4", FACADE, "faster-fifo put_many/get_many", 5.0),
+        ("W1", FACADE, FLOOR, 0.8),
+        ("W2 64 B", FACADE_BLOCK, FLOOR, 0.8),
+        ("W2 4 KiB", FACADE_BLOCK, FLOOR, 0.8),
+    ]
+    lines = ["| target | figure | verdict |", "|---|---:|---|"]
+    for w, ours, ref, want in checks:
+        a, b = get(w, ours), get(w, ref)
+        if ref == FLOOR:
+            name = f"{w}: facade within 25% of the floor (>= {want:.0%} of its items/s)"
+        else:
+            name = f"{w}: {ours} >= {want:g}x {ref}"
+        if a is None or b is None:
+            lines.append(f"| {name} | n/a | NOT MEASURED |")
+            continue
+        ratio = a / b
+        fig = f"{ratio:.0%}" if ref == FLOOR else f"{ratio:.2f}x"
+        lines.append(f"| {name} | {fig} | {'met' if ratio >= want else 'MISSED'} |")
+    lines.append("")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    data = load(argv[1])
+    r = rates(data)
+    out = ["### Machine", "", *machine(data), "", f"Reproduce: `{COMMAND}`", ""]
+    for w in WORKLOADS:
+        if w in r:
+            out += workload_table(w, r[w])
+    out += add_table(data)
+    out += ["#### Targets (ratios of median items/s, this run)", "", *targets(r)]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
