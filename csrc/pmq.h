@@ -99,10 +99,17 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
 int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                    size_t *got, int64_t timeout_ns);
 
+/* Copy up to max_n items, oldest first, without removing them, from a cursor (start with
+ * both at 0); the cursor is advanced for the next call. */
+int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
+                  uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
+
 /* Wait until the queue looks readable (has an item) or writable (below its limits). */
 int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns);
 
 int pmq_count(pmq_queue *q, uint64_t *count);
+/* Block policy: count items whose caller gave up waiting for room. */
+int pmq_note_rejected(pmq_queue *q, uint64_t n);
 int pmq_get_stats(pmq_queue *q, pmq_stats *out);
 
 /* How long a live lock holder may keep others waiting (default 5 s). */

@@ -65,8 +65,11 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
                  size_t *done, int64_t timeout_ns);
 int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                    size_t *got, int64_t timeout_ns);
+int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
+                  uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
 int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns);
 int pmq_count(pmq_queue *q, uint64_t *count);
+int pmq_note_rejected(pmq_queue *q, uint64_t n);
 int pmq_get_stats(pmq_queue *q, pmq_stats *out);
 void pmq_set_lock_timeout(int64_t timeout_ns);
 void pmq_test_crash_at(int point);

@@ -84,9 +84,14 @@ static uint64_t hash_key(const uint8_t *k, size_t n) {
     return h;
 }
 
+/* Whether the record at pos has this key. The position comes from the index, so the
+ * record's length is checked against the ring before its bytes are compared. */
 static int key_at(const pmq_queue *q, uint64_t pos, const uint8_t *key, size_t klen) {
-    const pmq_rec *r = (const pmq_rec *)(q->data + phys(q, pos));
-    return r->klen == klen && memcmp(rec_key(r), key, klen) == 0;
+    uint64_t off = phys(q, pos), room = q->h->data_cap - off;
+    if (room < sizeof(pmq_rec)) return 0;
+    const pmq_rec *r = (const pmq_rec *)(q->data + off);
+    return r->klen == klen && klen <= room - sizeof(pmq_rec) &&
+           memcmp(rec_key(r), key, klen) == 0;
 }
 
 /* Finds the slot holding key; returns its index or -1. */
@@ -100,12 +105,16 @@ static int64_t index_find(const pmq_queue *q, const uint8_t *key, size_t klen, u
     return -1;
 }
 
-static void index_insert(pmq_queue *q, uint64_t pos, uint64_t hash) {
+/* The table is sized for twice the most live items, so a free slot always exists; the
+ * bound only matters for a segment whose bytes were forged. */
+static int index_insert(pmq_queue *q, uint64_t pos, uint64_t hash) {
     uint64_t mask = q->h->index_slots - 1;
     uint64_t i = hash & mask;
-    while (q->index[i].pos1 != 0) i = (i + 1) & mask;
+    for (uint64_t n = 0; q->index[i].pos1 != 0; i = (i + 1) & mask)
+        if (++n > mask) return PMQ_E_CORRUPT;
     q->index[i].pos1 = pos + 1;
     q->index[i].hash = hash;
+    return PMQ_OK;
 }
 
 /* Removes slot i, shifting later entries of the probe run back (no tombstones). */
@@ -260,7 +269,9 @@ static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uin
                                                forever, PMQ_E_FULL)
                              : PMQ_E_FULL;
                 if (rc == PMQ_OK) continue; /* state changed: look again */
-                if (rc == PMQ_E_FULL) {
+                if (rc == PMQ_E_FULL && h->policy == PMQ_POLICY_REJECT) {
+                    /* Under the block policy a caller may try again after a slice; it
+                     * reports its final refusal with pmq_note_rejected(). */
                     pmq_state *w = pmq_begin(q);
                     w->rejected++;
                     pmq_commit(q);
@@ -327,7 +338,7 @@ static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uin
                 w->replaced++;
                 w->pending_tomb = victim;
             }
-            index_insert(q, pos, hash);
+            if (index_insert(q, pos, hash) != PMQ_OK) return PMQ_E_CORRUPT;
         }
         if (w->count > w->high_water) w->high_water = w->count;
         pmq_crash_check(4);
@@ -507,6 +518,55 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
     return rc;
 }
 
+/* ---- reading without removing -------------------------------------------------------- */
+
+/* Copies up to max_n live items, oldest first, starting at the cursor: the first item whose
+ * id is >= *cursor_id. *cursor_pos is a hint where it lies (checked, never trusted); both
+ * are advanced past the last item copied, so successive calls walk the queue in O(items). */
+int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
+                  uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got) {
+    *got = 0;
+    int rc = pmq_lock(q);
+    if (rc != PMQ_OK) return rc;
+    const pmq_state *s = published(q);
+    uint64_t pos = s->head;
+    if (*cursor_pos > s->head && *cursor_pos < s->tail && (*cursor_pos & 7u) == 0) {
+        rec_ref hint;
+        if (read_rec(q, *cursor_pos, s->tail, &hint) == PMQ_OK && hint.rec != NULL &&
+            hint.rec->id <= *cursor_id)
+            pos = *cursor_pos;
+    }
+    size_t used = 0, n = 0;
+    while (pos < s->tail && n < max_n) {
+        rec_ref ref;
+        rc = read_rec(q, pos, s->tail, &ref);
+        if (rc != PMQ_OK) break;
+        const pmq_rec *r = ref.rec;
+        if (r != NULL && !(r->flags & REC_TOMB) && r->id >= *cursor_id) {
+            size_t len = (size_t)r->klen + r->vlen;
+            if (len > cap - used) {
+                if (n == 0) {
+                    lens[0] = r->klen;
+                    lens[1] = r->vlen;
+                    rc = PMQ_E_BUFSMALL;
+                }
+                break;
+            }
+            memcpy(buf + used, rec_key(r), len);
+            lens[2 * n] = r->klen;
+            lens[2 * n + 1] = r->vlen;
+            used += len;
+            n++;
+            *cursor_id = r->id + 1;
+            *cursor_pos = ref.next;
+        }
+        pos = ref.next;
+    }
+    *got = n;
+    pmq_unlock(q);
+    return rc;
+}
+
 /* ---- waiting without consuming (asyncio) -------------------------------------------- */
 
 int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns) {
@@ -539,6 +599,16 @@ int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns) {
 }
 
 /* ---- reading state ------------------------------------------------------------------ */
+
+int pmq_note_rejected(pmq_queue *q, uint64_t n) {
+    int rc = pmq_lock(q);
+    if (rc != PMQ_OK) return rc;
+    pmq_state *w = pmq_begin(q);
+    w->rejected += n;
+    pmq_commit(q);
+    pmq_unlock(q);
+    return PMQ_OK;
+}
 
 int pmq_count(pmq_queue *q, uint64_t *count) {
     int rc = pmq_lock(q);
@@ -588,7 +658,6 @@ int pmq_recover_locked(pmq_queue *q) {
         ref.rec->flags |= REC_TOMB;
         w->pending_tomb = PMQ_NONE;
     }
-    if (q->index != NULL) memset(q->index, 0, h->index_slots * sizeof(pmq_slot));
     uint64_t count = 0, bytes = 0;
     for (uint64_t pos = w->head; pos < w->tail;) {
         rec_ref ref;
@@ -596,11 +665,22 @@ int pmq_recover_locked(pmq_queue *q) {
         if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB)) {
             count++;
             bytes += (uint64_t)ref.rec->klen + ref.rec->vlen;
-            if (q->index != NULL) index_insert(q, pos, hash_key(rec_key(ref.rec), ref.rec->klen));
         }
         pos = ref.next;
     }
     if (count != w->count || bytes != w->bytes) return PMQ_E_CORRUPT;
+    if (h->max_items > 0 && count > (uint64_t)h->max_items) return PMQ_E_CORRUPT;
+    if (q->index != NULL) {
+        memset(q->index, 0, h->index_slots * sizeof(pmq_slot));
+        for (uint64_t pos = w->head; pos < w->tail;) {
+            rec_ref ref;
+            (void)read_rec(q, pos, w->tail, &ref); /* validated by the pass above */
+            if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB) &&
+                index_insert(q, pos, hash_key(rec_key(ref.rec), ref.rec->klen)) != PMQ_OK)
+                return PMQ_E_CORRUPT;
+            pos = ref.next;
+        }
+    }
     w->recoveries++;
     /* A waiter that died while waiting leaves its count behind: that costs a few needless
      * wake-ups, never a missed one, so the counts are left alone (live waiters own theirs). */

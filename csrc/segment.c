@@ -170,7 +170,8 @@ static int validate(const pmq_header *h, uint64_t file_size) {
         if (h->index_slots != 0) return PMQ_E_BADSEG;
     } else {
         uint64_t n = h->index_slots;
-        if (n < 2 || (n & (n - 1)) != 0 || n > (1ULL << 40)) return PMQ_E_BADSEG;
+        pmq_config cfg = {h->max_items, h->data_cap, h->policy, h->addmode, 0};
+        if (n != index_slots_for(&cfg, h->data_cap)) return PMQ_E_BADSEG;
         if (h->index_off < h->data_off + h->data_cap || h->index_off % 8 != 0) return PMQ_E_BADSEG;
         if (h->index_off > file_size || n * sizeof(pmq_slot) > file_size - h->index_off)
             return PMQ_E_BADSEG;

@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from pymqueue import _binding as B
 from pymqueue.errors import ConfigError, Empty, Full, ItemTooLarge, QueueClosed
@@ -38,6 +38,16 @@ WAIT_SLICE = 0.05  # seconds: the longest a wait goes without returning to Pytho
 _NS = 1_000_000_000
 _SLICE_NS = int(WAIT_SLICE * _NS)
 _BUF_SIZE = 64 * 1024
+
+# Bound once: attribute lookups on every call cost as much as the C call itself.
+_ffi = B.ffi
+_pmq_add = B.lib.pmq_add
+_pmq_fetch = B.lib.pmq_fetch
+_OK = B.OK
+_DUPLICATE = B.DUPLICATE
+_E_EMPTY = B.E_EMPTY
+_E_FULL = B.E_FULL
+_E_BUFSMALL = B.E_BUFSMALL
 
 Key = str | bytes | bytearray | memoryview
 
@@ -163,15 +173,19 @@ def _b(value: Key) -> bytes:
 
 
 class _Buf:
-    """A reusable output buffer; each operation takes one, so threads never share one."""
+    """A reusable output buffer; each operation takes one, so threads never share one.
 
-    __slots__ = ("cdata", "lens", "size", "view")
+    ``lens`` is an ``array`` that C writes through ``clens``: reading it from Python is far
+    cheaper than indexing cdata."""
+
+    __slots__ = ("cdata", "clens", "lens", "size", "view")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.cdata = B.ffi.new("uint8_t[]", size)
-        self.view = B.ffi.buffer(self.cdata)
-        self.lens = B.ffi.new("uint32_t[2]")
+        self.cdata = _ffi.new("uint8_t[]", size)
+        self.view = _ffi.buffer(self.cdata)
+        self.lens = array("I", (0, 0))
+        self.clens = _ffi.from_buffer("uint32_t[]", self.lens)
 
 
 def _attach(raw_name: bytes, namespace: str, serializer: Serializer) -> Queue:
@@ -198,6 +212,7 @@ class Queue:
 
     __slots__ = (
         "__weakref__",
+        "_block",
         "_bufs",
         "_created",
         "_handle",
@@ -255,6 +270,7 @@ class Queue:
         self.capacity: int = cap
         self.policy = Overflow(pol)
         self.addmode = AddMode(mode)
+        self._block = self.policy is Overflow.BLOCK
         stored = B.read_name(self._handle)
         if stored != self._raw_name:  # only a hashed long name can collide
             self._handle = None
@@ -363,21 +379,25 @@ class Queue:
         the policy decides: the oldest items are dropped (default), :class:`Full` is raised,
         or the call waits up to ``timeout`` (None: forever) for room.
         """
-        k = _b(key)
-        v = _b(value)
-        handle = self._h()
-        lib = B.lib
-        if timeout == 0 or self.policy != Overflow.BLOCK:
-            rc = lib.pmq_add(handle, k, len(k), v, len(v), 0)
-        else:
-            rc = self._wait_loop(lambda ns: lib.pmq_add(handle, k, len(k), v, len(v), ns), timeout, B.E_FULL)
-        if rc == 0:
+        handle = self._handle
+        if handle is None:
+            raise QueueClosed(f"queue {self._name!r} is closed", self._name)
+        k = key if type(key) is bytes else _b(key)
+        v = value if type(value) is bytes else _b(value)
+        rc: int = _pmq_add(handle, k, len(k), v, len(v), 0)
+        if rc == _OK:
             return True
-        if rc == B.DUPLICATE:
+        if rc == _E_FULL and self._block and timeout != 0:
+            rc = self._wait_loop(lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL)
+            if rc == _OK:
+                return True
+        if rc == _E_FULL and self._block:
+            B.lib.pmq_note_rejected(handle, 1)
+        if rc == _DUPLICATE:
             return False
-        return self._fail(rc, len(k), len(v))
+        self._fail(rc, len(k), len(v))
 
-    def _fail(self, rc: int, klen: int = 0, vlen: int = 0) -> Any:
+    def _fail(self, rc: int, klen: int = 0, vlen: int = 0) -> NoReturn:
         detail = ""
         if rc == B.lib.PMQ_E_TOOBIG:
             detail = (
@@ -405,45 +425,53 @@ class Queue:
             if rc != give_up or remaining <= 0:
                 return rc
 
-    def _take_buf(self) -> _Buf:
-        try:
-            return self._bufs.pop()
-        except IndexError:
-            return _Buf(_BUF_SIZE)
-
     def fetch(self, timeout: float | None = 0) -> tuple[bytes, bytes] | None:
         """Remove and return the oldest ``(key, value)``, or None if there is none within
         ``timeout`` (0: try once, the default; None: wait forever)."""
-        handle = self._h()
-        lib = B.lib
-        buf = self._take_buf()
+        handle = self._handle
+        if handle is None:
+            raise QueueClosed(f"queue {self._name!r} is closed", self._name)
+        bufs = self._bufs
+        buf = bufs.pop() if bufs else _Buf(_BUF_SIZE)
+        rc: int = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
+        if rc == _OK:
+            k, v = buf.lens
+            view = buf.view
+            item = (view[0:k], view[k : k + v])
+            bufs.append(buf)
+            return item
+        return self._fetch_slow(handle, buf, rc, timeout)
+
+    def _fetch_slow(
+        self, handle: Any, buf: _Buf, rc: int, timeout: float | None
+    ) -> tuple[bytes, bytes] | None:
+        """fetch() after a first try that found nothing, or an item too big for the buffer."""
         try:
             while True:
-                if timeout == 0:
-                    rc = lib.pmq_fetch(handle, buf.cdata, buf.size, buf.lens, 0)
-                else:
+                if rc == _E_EMPTY and timeout != 0:
                     b = buf
                     rc = self._wait_loop(
-                        lambda ns: lib.pmq_fetch(handle, b.cdata, b.size, b.lens, ns),
+                        lambda ns: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
                         timeout,
-                        B.E_EMPTY,
+                        _E_EMPTY,
                     )
-                if rc == 0:
-                    k = buf.lens[0]
-                    v = buf.lens[1]
+                    timeout = 0
+                if rc == _OK:
+                    k, v = buf.lens
                     view = buf.view
                     return view[0:k], view[k : k + v]
-                if rc == B.E_EMPTY:
+                if rc == _E_EMPTY:
                     return None
-                if rc != B.E_BUFSMALL:
-                    return self._fail(rc)  # type: ignore[no-any-return]
+                if rc != _E_BUFSMALL:
+                    self._fail(rc)
                 buf = _Buf(max(buf.lens[0] + buf.lens[1], 2 * buf.size))
+                rc = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
         finally:
             self._bufs.append(buf)
 
     def size(self) -> int:
         """The number of items in the queue now."""
-        out = B.ffi.new("uint64_t *")
+        out = _ffi.new("uint64_t *")
         rc = B.lib.pmq_count(self._h(), out)
         if rc != 0:
             self._fail(rc)
@@ -474,12 +502,10 @@ class Queue:
         done = B.ffi.new("size_t *")
         clens = B.ffi.from_buffer("uint32_t[]", lens)
         total = 0
-        if self.policy != Overflow.BLOCK or timeout == 0:
-            rc = lib.pmq_add_many(handle, clens, data, n, done, 0)
-            total = done[0]
-        else:
+        rc = lib.pmq_add_many(handle, clens, data, n, done, 0)
+        total = done[0]
+        if rc == _E_FULL and self._block and timeout != 0:
             # Each slice resumes where the previous one stopped.
-            offset = 0
 
             def call(ns: int) -> int:
                 nonlocal total, offset
@@ -490,6 +516,7 @@ class Queue:
                 total += done[0]
                 return rc  # type: ignore[no-any-return]
 
+            offset = sum(lens[: 2 * total])
             rc = self._wait_loop(call, timeout, B.E_FULL)
         if rc == 0:
             return int(total)
@@ -497,12 +524,13 @@ class Queue:
             big = max(range(n), key=lambda i: lens[2 * i] + lens[2 * i + 1])
             if lens[2 * big] + lens[2 * big + 1] + B.RECORD_OVERHEAD > self.capacity:
                 self._fail(rc, lens[2 * big], lens[2 * big + 1])
+        if rc == _E_FULL and self._block:
+            B.lib.pmq_note_rejected(handle, n - total)
         try:
             self._fail(rc)
         except Full as exc:
             exc.done = int(total)  # type: ignore[attr-defined]
             raise
-        raise AssertionError("unreachable")
 
     def fetch_many(self, max_items: int, timeout: float | None = 0) -> list[tuple[bytes, bytes]]:
         """Remove and return up to ``max_items`` of the oldest items under one lock (more
@@ -511,7 +539,8 @@ class Queue:
             return []
         handle = self._h()
         lib = B.lib
-        buf = self._take_buf()
+        bufs = self._bufs
+        buf = bufs.pop() if bufs else _Buf(_BUF_SIZE)
         lens = B.ffi.new("uint32_t[]", 2 * max_items)
         got = B.ffi.new("size_t *")
         out: list[tuple[bytes, bytes]] = []
@@ -536,6 +565,7 @@ class Queue:
                 if rc != 0:
                     self._fail(rc)
                 count = got[0]
+                wait = 0
                 flat = B.ffi.unpack(lens, 2 * count)
                 view = buf.view
                 pos = 0
@@ -544,9 +574,43 @@ class Queue:
                     v = flat[i + 1]
                     out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
                     pos += k + v
-                wait = 0
         finally:
             self._bufs.append(buf)
+        return out
+
+    def peek_many(self, max_items: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``max_items`` of the oldest items, oldest first, WITHOUT removing them.
+
+        Read in batches (one lock each), so under concurrent fetches the result is the
+        items that were present at some point, in order, never one twice."""
+        handle = self._h()
+        lib = B.lib
+        buf = _Buf(_BUF_SIZE)
+        batch = min(max(max_items, 1), 4096)
+        lens = B.ffi.new("uint32_t[]", 2 * batch)
+        got = B.ffi.new("size_t *")
+        cursor_pos = B.ffi.new("uint64_t *")
+        cursor_id = B.ffi.new("uint64_t *")
+        out: list[tuple[bytes, bytes]] = []
+        while len(out) < max_items:
+            want = min(batch, max_items - len(out))
+            rc = lib.pmq_peek_many(handle, buf.cdata, buf.size, lens, want, cursor_pos, cursor_id, got)
+            if rc == B.E_BUFSMALL:
+                buf = _Buf(max(lens[0] + lens[1], 2 * buf.size))
+                continue
+            if rc != 0:
+                self._fail(rc)
+            count = got[0]
+            if count == 0:
+                break
+            flat = B.ffi.unpack(lens, 2 * count)
+            view = buf.view
+            pos = 0
+            for i in range(0, 2 * count, 2):
+                k = flat[i]
+                v = flat[i + 1]
+                out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
+                pos += k + v
         return out
 
     # ---- standard-library vocabulary --------------------------------------------------
@@ -618,7 +682,7 @@ class Queue:
             return True
         if rc == give_up:
             return False
-        return bool(self._fail(rc))
+        self._fail(rc)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         """Drain: yields items until the queue is empty (does not wait)."""
