@@ -303,8 +303,11 @@ class Persistence:
             "queue %r: loaded %d items from table %r (%s)", name, loaded, info.table, db.display
         )
 
-    def _finish_save(self, queue: QueueLike, entry: JournalEntry) -> None:
-        """A save committed its rows but died before removing them all from the queue."""
+    def _finish_save(
+        self, queue: QueueLike, entry: JournalEntry, *, interrupted: bool = True
+    ) -> None:
+        """Remove from the queue the items a committed save wrote: the last step of every
+        save, and (``interrupted``) the recovery of one that died before it."""
         left = entry.n - (_fetched(queue) - entry.mark)
         removed = 0
         while left > 0:
@@ -313,11 +316,13 @@ class Persistence:
                 break
             left -= len(got)
             removed += len(got)
-        log.warning(
-            "queue %r: finished an interrupted save (removed %d items already in the database)",
-            queue.name,
-            removed,
-        )
+        if interrupted:
+            log.warning(
+                "queue %r: finished an interrupted save (removed %d items already in the "
+                "database)",
+                queue.name,
+                removed,
+            )
 
     # -- save -----------------------------------------------------------------------------
     def _storable(
@@ -408,7 +413,9 @@ class Persistence:
             if peeked:
                 db.journal_put(JournalEntry(info.table, "save", mark, len(peeked), lo, hi))
         if peeked:
-            self._finish_save(queue, JournalEntry(info.table, "save", mark, len(peeked), lo, hi))
+            self._finish_save(
+                queue, JournalEntry(info.table, "save", mark, len(peeked), lo, hi), interrupted=False
+            )
             db.journal_del(info.table, "save")
         log.info(
             "queue %r saved in %s: %d items in table %r%s",
