@@ -111,8 +111,13 @@ def raise_for(rc: int, name: str, detail: str = "") -> NoReturn:
 def new_config(max_items: int, capacity: int, policy: int, addmode: int) -> Any:
     return ffi.new(
         "pmq_config *",
-        {"max_items": max_items, "capacity": capacity, "policy": policy, "addmode": addmode,
-         "mode": 0o600},
+        {
+            "max_items": max_items,
+            "capacity": capacity,
+            "policy": policy,
+            "addmode": addmode,
+            "mode": 0o600,
+        },
     )
 
 
@@ -160,7 +165,18 @@ def read_stats(handle: Any, name: str) -> dict[str, int]:
     if rc != OK:
         raise_for(rc, name)
     fields = (
-        "items", "bytes", "ring_used", "added", "fetched", "dropped", "rejected", "replaced",
-        "duplicates", "high_water", "recoveries", "getters_waiting", "putters_waiting",
+        "items",
+        "bytes",
+        "ring_used",
+        "added",
+        "fetched",
+        "dropped",
+        "rejected",
+        "replaced",
+        "duplicates",
+        "high_water",
+        "recoveries",
+        "getters_waiting",
+        "putters_waiting",
     )
     return {f: int(getattr(st, f)) for f in fields}

@@ -12,6 +12,8 @@ from dataclasses import asdict
 from typing import Any
 
 from pymqueue._queue import Queue, list_queues, unlink
+from pymqueue.config import DbMode, InstanceConfig, QueueDef
+from pymqueue.instance import Instance
 
 DEMO_QUEUE = "demo"
 DEMO_DB = "pymqueue-demo.db"
@@ -41,15 +43,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--producers", type=int, default=3)
     p.add_argument("--consumers", type=int, default=2)
     p.add_argument("--items", type=int, default=100_000, help="items per producer")
-    p.add_argument("--leave", type=int, default=1000,
-                   help="stop consuming when this many items are left (they are saved)")
+    p.add_argument(
+        "--leave",
+        type=int,
+        default=1000,
+        help="stop consuming when this many items are left (they are saved)",
+    )
     p.add_argument("--db", default=DEMO_DB, help=f"SQLite file (default ./{DEMO_DB})")
     p.add_argument("--namespace", default=None)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_queues(args.namespace):
         try:
             with Queue(name, create=False, namespace=args.namespace) as q:
@@ -108,8 +114,9 @@ def _produce(q: Queue, pid: int, n: int, ready: Any) -> None:
     q.close()
 
 
-def _consume(q: Queue, budget: Any, stop: Any, counts: Any, cid: int, ready: Any) -> None:
+def _consume(q: Queue, cid: int, shared: tuple[Any, Any, Any, Any]) -> None:
     """Fetch until the shared budget is spent, so exactly --leave items stay queued."""
+    budget, stop, counts, ready = shared
     ready.wait()
     got = 0
     while not stop.is_set():
@@ -134,9 +141,6 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pymqueue.config import DbMode, InstanceConfig, QueueDef
-    from pymqueue.instance import Instance
-
     if args.producers < 1 or args.consumers < 1 or args.items < 0 or args.leave < 0:
         print("pymqueue: error: producers/consumers >= 1, items/leave >= 0", file=sys.stderr)
         return 2
@@ -150,8 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Instance(config, namespace=args.namespace) as inst:
         q = inst.queue(DEMO_QUEUE)
         loaded = len(q)
-        print(f"pymqueue demo: queue {DEMO_QUEUE!r}, {args.producers} producers x "
-              f"{args.items:,} items, {args.consumers} consumers, saved to {db_path}")
+        print(
+            f"pymqueue demo: queue {DEMO_QUEUE!r}, {args.producers} producers x "
+            f"{args.items:,} items, {args.consumers} consumers, saved to {db_path}"
+        )
         if loaded:
             print(f"loaded {loaded:,} items the previous run left in the database")
         ctx = mp.get_context("spawn")
@@ -159,10 +165,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stop = ctx.Event()
         counts = ctx.Array("q", args.consumers)
         budget = ctx.Value("q", max(loaded + total_new - args.leave, 0))
-        procs = [ctx.Process(target=_produce, args=(q, i, args.items, ready))
-                 for i in range(args.producers)]
-        procs += [ctx.Process(target=_consume, args=(q, budget, stop, counts, i, ready))
-                  for i in range(args.consumers)]
+        procs = [
+            ctx.Process(target=_produce, args=(q, i, args.items, ready))
+            for i in range(args.producers)
+        ]
+        procs += [
+            ctx.Process(target=_consume, args=(q, i, (budget, stop, counts, ready)))
+            for i in range(args.consumers)
+        ]
         for p in procs:
             p.start()
         before = q.stats()
@@ -176,8 +186,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             done_producing = all(not p.is_alive() for p in producers)
             now = time.perf_counter()
             if tty or now - last_print >= 1.0 or done_producing:
-                line = (f"{_bar(produced, total_new)}  added {produced:>11,}  "
-                        f"fetched {s.fetched - before.fetched:>11,}  queued {s.items:>9,}")
+                line = (
+                    f"{_bar(produced, total_new)}  added {produced:>11,}  "
+                    f"fetched {s.fetched - before.fetched:>11,}  queued {s.items:>9,}"
+                )
                 print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
                 last_print = now
             if all(not p.is_alive() for p in procs):
@@ -209,8 +221,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         for label, value in rows:
             print(f"  {label:<{width}}  {value}")
-    print(f"\nstopped: the items left were saved to {db_path}; run the demo again to see "
-          "them loaded back")
+    print(
+        f"\nstopped: the items left were saved to {db_path}; run the demo again to see "
+        "them loaded back"
+    )
     if failed:
         print(f"pymqueue: error: worker exit codes {failed}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from enum import IntEnum
 from typing import Any, NoReturn, Protocol
 
 from pymqueue import _binding as B
-from pymqueue.errors import ConfigError, Empty, Full, ItemTooLarge, QueueClosed
+from pymqueue.errors import ConfigError, Empty, Full, QueueClosed
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -83,7 +83,9 @@ class AddMode(IntEnum):
     def parse(cls, value: AddMode | int | str) -> AddMode:
         try:
             if isinstance(value, str):
-                return cls[value.strip().upper()] if not value.strip().isdigit() else cls(int(value))
+                return (
+                    cls[value.strip().upper()] if not value.strip().isdigit() else cls(int(value))
+                )
             return cls(value)
         except (KeyError, ValueError):
             raise ConfigError(f"unknown addmode {value!r} (0, 1 or 2)") from None
@@ -249,7 +251,9 @@ class Queue:
         want_policy = None if policy is None else Overflow.parse(policy)
         want_addmode = None if addmode is None else AddMode.parse(addmode)
         if capacity is not None and capacity < B.MIN_CAPACITY:
-            raise ConfigError(f"capacity {capacity} of queue {self._name!r} is below {B.MIN_CAPACITY}")
+            raise ConfigError(
+                f"capacity {capacity} of queue {self._name!r} is below {B.MIN_CAPACITY}"
+            )
         if size is not None and not isinstance(size, int):
             raise ConfigError(f"size of queue {self._name!r} must be an int, not {size!r}")
         if create is False:
@@ -388,7 +392,9 @@ class Queue:
         if rc == _OK:
             return True
         if rc == _E_FULL and self._block and timeout != 0:
-            rc = self._wait_loop(lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL)
+            rc = self._wait_loop(
+                lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL
+            )
             if rc == _OK:
                 return True
         if rc == _E_FULL and self._block:
@@ -449,9 +455,8 @@ class Queue:
         try:
             while True:
                 if rc == _E_EMPTY and timeout != 0:
-                    b = buf
                     rc = self._wait_loop(
-                        lambda ns: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
+                        lambda ns, b=buf: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
                         timeout,
                         _E_EMPTY,
                     )
@@ -506,6 +511,7 @@ class Queue:
         total = done[0]
         if rc == _E_FULL and self._block and timeout != 0:
             # Each slice resumes where the previous one stopped.
+            offset = sum(lens[: 2 * total])
 
             def call(ns: int) -> int:
                 nonlocal total, offset
@@ -516,7 +522,6 @@ class Queue:
                 total += done[0]
                 return rc  # type: ignore[no-any-return]
 
-            offset = sum(lens[: 2 * total])
             rc = self._wait_loop(call, timeout, B.E_FULL)
         if rc == 0:
             return int(total)
@@ -551,9 +556,10 @@ class Queue:
                 if wait == 0:
                     rc = lib.pmq_fetch_many(handle, buf.cdata, buf.size, lens, want, got, 0)
                 else:
-                    b = buf
                     rc = self._wait_loop(
-                        lambda ns: lib.pmq_fetch_many(handle, b.cdata, b.size, lens, want, got, ns),
+                        lambda ns, b=buf, n=want: lib.pmq_fetch_many(
+                            handle, b.cdata, b.size, lens, n, got, ns
+                        ),
                         wait,
                         B.E_EMPTY,
                     )
@@ -594,7 +600,9 @@ class Queue:
         out: list[tuple[bytes, bytes]] = []
         while len(out) < max_items:
             want = min(batch, max_items - len(out))
-            rc = lib.pmq_peek_many(handle, buf.cdata, buf.size, lens, want, cursor_pos, cursor_id, got)
+            rc = lib.pmq_peek_many(
+                handle, buf.cdata, buf.size, lens, want, cursor_pos, cursor_id, got
+            )
             if rc == B.E_BUFSMALL:
                 buf = _Buf(max(lens[0] + lens[1], 2 * buf.size))
                 continue
@@ -638,7 +646,9 @@ class Queue:
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
-    def put_many(self, objs: Iterable[Any], block: bool = True, timeout: float | None = None) -> int:
+    def put_many(
+        self, objs: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
         dumps = self._serializer.dumps
         return self.add_many(((b"", dumps(o)) for o in objs), timeout=timeout if block else 0)
 
@@ -690,11 +700,6 @@ class Queue:
             yield item
 
 
-def item_fits(capacity: int, key: bytes, value: bytes) -> bool:
-    """Whether an item could ever fit a queue of this byte capacity."""
-    return (B.RECORD_OVERHEAD + len(key) + len(value) + 7) // 8 * 8 <= capacity
-
-
 def list_queues(namespace: str | None = None) -> list[str]:
     """Names of the queues in a namespace on this host (default: ``$PYMQUEUE_NAMESPACE``)."""
     ns = _check_namespace(namespace)
@@ -719,7 +724,3 @@ def unlink(name: str | bytes, namespace: str | None = None) -> bool:
     """Remove a queue by name; returns False if there was none."""
     raw = _raw(name)
     return B.unlink(B.shm_name(raw, _check_namespace(namespace)), _text(raw))
-
-
-__all__ += ["item_fits"]
-_ = ItemTooLarge  # re-exported through pymqueue.errors

@@ -92,7 +92,8 @@ def test_opens_by_name_and_closes() -> None:
             async with AsyncQueue(q.name, create=False) as aq:
                 await aq.put_many([1, 2, 3])
                 assert await aq.get_many(10) == [1, 2, 3]
-                assert aq.size() == 0 and aq.stats().added == 3
+                assert aq.size() == 0
+                assert aq.stats().added == 3
             assert aq.queue.closed
 
         asyncio.run(main())

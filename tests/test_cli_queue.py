@@ -10,10 +10,16 @@ from pathlib import Path
 from queue_helpers import fresh_queue, unique_name
 
 
-def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pymqueue", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
     )
 
 
@@ -26,11 +32,13 @@ def test_ls_stats_unlink() -> None:
         rows = json.loads(run("ls", "--json").stdout)
         assert {"name": q.name, "items": 1, "size": 10, "bytes": 6} in rows
         stats = json.loads(run("stats", q.name, "--json").stdout)
-        assert stats["items"] == 1 and stats["added"] == 1
+        assert stats["items"] == 1
+        assert stats["added"] == 1
         assert "added: 1" in run("stats", q.name).stdout
         assert run("unlink", q.name).returncode == 0
         gone = run("unlink", q.name)
-        assert gone.returncode == 1 and "no queue" in gone.stderr
+        assert gone.returncode == 1
+        assert "no queue" in gone.stderr
 
 
 def test_stats_of_missing_queue_fails_cleanly() -> None:

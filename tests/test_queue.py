@@ -77,7 +77,9 @@ def test_addmode1_key_free_again_after_drop_t20() -> None:
 def test_keys_compare_byte_exactly_t21() -> None:
     # Kamailio stops comparing at NUL and would ignore a\0y; pymqueue keeps it.
     with fresh_queue(addmode=1) as q:
-        assert q.add(b"a\0x", b"1") and q.add(b"a\0y", b"2") and q.add(b"a\0yz", b"3")
+        assert q.add(b"a\0x", b"1")
+        assert q.add(b"a\0y", b"2")
+        assert q.add(b"a\0yz", b"3")
         assert not q.add(b"a\0y", b"4")
         assert [k for k, _ in drain(q)] == [b"a\0x", b"a\0y", b"a\0yz"]
 
@@ -194,11 +196,14 @@ def test_blocking_get_wakes_on_put_from_another_thread() -> None:
 
 def test_stdlib_vocabulary() -> None:
     with fresh_queue(size=3) as q:
-        assert q.empty() and not q.full() and q.qsize() == 0
+        assert q.empty()
+        assert not q.full()
+        assert q.qsize() == 0
         q.put([1, 2])
         q.put_nowait("two")
         assert q.put_many([3.0]) == 1
-        assert q.full() and q.qsize() == 3
+        assert q.full()
+        assert q.qsize() == 3
         assert q.get() == [1, 2]
         assert q.get_nowait() == "two"
         assert q.get_many(10) == [3.0]
@@ -302,7 +307,16 @@ def test_repr_shows_state_and_non_default_settings() -> None:
         q.add("a", "b")
         r = repr(q)
         assert (
-            f"'{q.name}'" in r and "items=1/10" in r and "policy=reject" in r and "addmode=2" in r
+            f"'{q.name}'" in r
+        )
+        assert (
+            "items=1/10" in r
+        )
+        assert (
+            "policy=reject" in r
+        )
+        assert (
+            "addmode=2" in r
         )
 
 

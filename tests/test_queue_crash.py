@@ -14,10 +14,10 @@ import random
 import signal
 
 import pytest
+from pymqueue._pmq_c import lib
 from queue_helpers import checked_value, fresh_queue, value_is_whole
 
 import pymqueue
-from pymqueue._pmq_c import lib
 
 CTX = mp.get_context("fork")
 
@@ -99,7 +99,8 @@ def test_overflow_killed_between_drop_and_write_counts_the_drop() -> None:
         before = q.stats()
         run_crash(_crash_in_add, q, 3, b"new", checked_value(1, 0, 180))
         after = q.stats()
-        assert after.dropped > before.dropped and after.added == before.added
+        assert after.dropped > before.dropped
+        assert after.added == before.added
         assert b"new" not in [k for k, _ in assert_consistent(q)]
 
 
@@ -135,7 +136,9 @@ def _chaos_worker(q: pymqueue.Queue, wid: int, seed: int, w: mp.connection.Conne
                 q.add(b"k%d" % rng.randrange(200), checked_value(wid, seq, rng.randrange(40, 400)))
                 seq += 1
             elif op < 0.55:
-                batch = [(b"k%d" % rng.randrange(200), checked_value(wid, seq + i)) for i in range(64)]
+                batch = [
+                    (b"k%d" % rng.randrange(200), checked_value(wid, seq + i)) for i in range(64)
+                ]
                 q.add_many(batch)
                 seq += 64
             elif op < 0.85:

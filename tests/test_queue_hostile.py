@@ -4,6 +4,7 @@ nothing crashes or hangs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -12,15 +13,18 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymqueue._pmq_c import lib
 from queue_helpers import unique_name
 
 import pymqueue
 from pymqueue import _binding
-from pymqueue._pmq_c import lib
 
 
 def shm_path(name: str) -> Path:
-    return Path("/dev/shm") / _binding.shm_name(name.encode(), os.environ["PYMQUEUE_NAMESPACE"]).decode()[1:]
+    return (
+        Path("/dev/shm")
+        / _binding.shm_name(name.encode(), os.environ["PYMQUEUE_NAMESPACE"]).decode()[1:]
+    )
 
 
 @pytest.fixture
@@ -99,21 +103,31 @@ def exercise(name: str) -> None:
     except pymqueue.Error:
         return
     try:
-        for op in (lambda: q.fetch(), lambda: q.add("k", "v"), lambda: q.fetch_many(10),
-                   lambda: q.peek_many(10), lambda: q.add_many([("k3", "x")]), lambda: q.stats(),
-                   lambda: len(q)):
-            try:
+        for op in (
+            q.fetch,
+            lambda: q.add("k", "v"),
+            lambda: q.fetch_many(10),
+            lambda: q.peek_many(10),
+            lambda: q.add_many([("k3", "x")]),
+            q.stats,
+            lambda: len(q),
+        ):
+            with contextlib.suppress(pymqueue.Error):
                 op()
-            except pymqueue.Error:
-                pass
     finally:
         q.close()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=8),
-       addmode=st.integers(0, 2))
-def test_forged_bytes_never_crash_or_hang(name: str, flips: list[tuple[int, int]], addmode: int) -> None:
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=8),
+    addmode=st.integers(0, 2),
+)
+def test_forged_bytes_never_crash_or_hang(
+    name: str, flips: list[tuple[int, int]], addmode: int
+) -> None:
     pymqueue.unlink(name)  # the previous example's forged segment
     data = bytearray(valid_image(name, addmode=addmode))
     for offset, xor in flips:

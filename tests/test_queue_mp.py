@@ -55,7 +55,9 @@ def test_every_item_arrives_exactly_once_fifo_per_producer(
         st = q.stats()
         # STOP items a batch consumer handed back count as extra adds.
         assert st.added >= producers * n + consumers
-        assert st.fetched == st.added and st.items == 0 and st.dropped == 0
+        assert st.fetched == st.added
+        assert st.items == 0
+        assert st.dropped == 0
 
 
 def test_bounded_queue_counters_add_up_across_processes(ctx: mp.context.BaseContext) -> None:
@@ -86,4 +88,6 @@ def test_block_policy_backpressure_loses_nothing(ctx: mp.context.BaseContext) ->
         cons.join(60)
         assert len(got) == 2 * n
         st = q.stats()
-        assert st.dropped == 0 and st.rejected == 0 and st.high_water <= 16
+        assert st.dropped == 0
+        assert st.rejected == 0
+        assert st.high_water <= 16

@@ -318,8 +318,7 @@ class Persistence:
             removed += len(got)
         if interrupted:
             log.warning(
-                "queue %r: finished an interrupted save (removed %d items already in the "
-                "database)",
+                "queue %r: finished an interrupted save (removed %d items already in the database)",
                 queue.name,
                 removed,
             )
@@ -413,9 +412,8 @@ class Persistence:
             if peeked:
                 db.journal_put(JournalEntry(info.table, "save", mark, len(peeked), lo, hi))
         if peeked:
-            self._finish_save(
-                queue, JournalEntry(info.table, "save", mark, len(peeked), lo, hi), interrupted=False
-            )
+            entry = JournalEntry(info.table, "save", mark, len(peeked), lo, hi)
+            self._finish_save(queue, entry, interrupted=False)
             db.journal_del(info.table, "save")
         log.info(
             "queue %r saved in %s: %d items in table %r%s",
