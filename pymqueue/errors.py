@@ -10,22 +10,23 @@ from __future__ import annotations
 import queue as _stdqueue
 
 __all__ = [
-    "Error",
-    "QueueError",
-    "Empty",
-    "Full",
-    "QueueNotFound",
-    "QueueExists",
-    "ItemTooLarge",
-    "InvalidSegment",
-    "LockTimeout",
-    "QueueClosed",
     "ConfigError",
     "DatabaseError",
-    "RpcError",
     "DmqError",
+    "DmqNodeNotFound",
     "DmqProtocolError",
     "DmqTimeout",
+    "Empty",
+    "Error",
+    "Full",
+    "InvalidSegment",
+    "ItemTooLarge",
+    "LockTimeout",
+    "QueueClosed",
+    "QueueError",
+    "QueueExists",
+    "QueueNotFound",
+    "RpcError",
 ]
 
 
@@ -100,3 +101,7 @@ class DmqProtocolError(DmqError, ValueError):
 
 class DmqTimeout(DmqError, TimeoutError):
     """A DMQ transaction got no final reply within ``fr_timer``."""
+
+
+class DmqNodeNotFound(DmqError, LookupError):
+    """The DMQ node named is not in the node list (or is the local node)."""

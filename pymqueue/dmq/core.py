@@ -62,7 +62,7 @@ from pymqueue.dmq.transaction import (
     ReplyCache,
     TransactionKind,
 )
-from pymqueue.errors import ConfigError, DmqError, DmqProtocolError
+from pymqueue.errors import ConfigError, DmqError, DmqNodeNotFound, DmqProtocolError
 
 __all__ = [
     "MIN_PING_INTERVAL",
@@ -367,11 +367,12 @@ class DmqCore:
     ) -> int:
         """Send ``body`` to one node of the list (any status), like ``dmq_send_message``.
 
-        Raises :class:`DmqError` if the node is not in the list, is ourselves or is not UDP.
+        Raises :class:`DmqNodeNotFound` if the node is not in the list or is ourselves, and
+        :class:`DmqError` if it is not UDP.
         """
         self._check_channel(channel)
         if node not in self.nodes or node == self.nodes.local:
-            raise DmqError(f"{node} is not a remote node of the list")
+            raise DmqNodeNotFound(f"{node} is not a remote node of the list")
         if not self._udp([node]):
             raise DmqError(f"{node}: only UDP nodes can be reached")
         return self._request(
