@@ -18,6 +18,7 @@ from pymqueue.errors import Error
 _COMMAND_MODULES = [
     "pymqueue._cli_queue",
     "pymqueue._cli_kamailio",
+    "pymqueue._cli_dmq",
 ]
 
 

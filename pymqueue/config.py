@@ -23,10 +23,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pymqueue._queue import AddMode, Overflow
 from pymqueue.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pymqueue.dmq.core import DmqConfig
 
 __all__ = [
     "DbMode",
@@ -36,6 +39,7 @@ __all__ = [
     "RpcConfig",
     "config_from_dict",
     "load_config",
+    "parse_dmq_table",
     "parse_mqueue",
 ]
 
@@ -105,6 +109,80 @@ class InstanceConfig:
             if qdef.name in seen:
                 raise ConfigError(f"mqueue redefined: {qdef.display_name!r}")
             seen.add(qdef.name)
+
+    @property
+    def dmq_config(self) -> DmqConfig | None:
+        """The ``[dmq]`` table as a validated :class:`~pymqueue.dmq.DmqConfig` (None if
+        absent); :class:`ConfigError` on a bad value (also checked by :func:`load_config`)."""
+        return parse_dmq_table(self.dmq) if self.dmq is not None else None
+
+
+# ---------------------------------------------------------------------------------------
+# [dmq]: Kamailio's dmq modparams (and tm's fr_timer) plus pymqueue's extras
+
+_DMQ_KEYS = {
+    "server_address": "str",
+    "notification_address": "uris",  # a string or a list, as Kamailio's repeated modparam
+    "notification_addresses": "uris",
+    "notification_channel": "str",
+    "ping_interval": "num",
+    "fr_timer": "num",  # seconds (Kamailio's tm fr_timer is in ms)
+    "t1": "num",
+    "t2": "num",
+    "max_nodes": "int",
+    "allow_networks": "strs",
+    "secret": "str",
+    "user_agent": "str",
+    "via_rport": "bool",
+}
+
+
+def parse_dmq_table(table: Mapping[str, Any], source: str | None = None) -> DmqConfig:
+    """Validate a ``[dmq]`` table into a :class:`~pymqueue.dmq.DmqConfig` (ConfigError)."""
+    from pymqueue.dmq.core import DmqConfig  # noqa: PLC0415 - keep the dmq package lazy
+
+    ctx = _Ctx(source)
+    if not isinstance(table, Mapping):
+        raise ctx.error("dmq", "must be a table")
+    unknown = sorted(set(table) - set(_DMQ_KEYS))
+    if unknown:
+        raise ctx.error(f"dmq.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_DMQ_KEYS))})")
+    if "server_address" not in table:
+        raise ctx.error("dmq.server_address", "is required")
+    if "notification_address" in table and "notification_addresses" in table:
+        raise ctx.error("dmq.notification_addresses", "give notification_address or _addresses")
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        kind = _DMQ_KEYS[key]
+        bad = ctx.error(f"dmq.{key}", f"bad value {value!r}")
+        if kind == "str":
+            if not isinstance(value, str) or not value:
+                raise bad
+            kwargs[key] = value.encode("utf-8") if key == "secret" else value
+        elif kind == "num":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad
+            if not math.isfinite(value) or value <= 0:
+                raise bad
+            kwargs[key] = float(value)
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+            kwargs[key] = value
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            kwargs[key] = value
+        else:
+            items = [value] if kind == "uris" and isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+                raise bad
+            name = "notification_addresses" if kind == "uris" else key
+            kwargs[name] = tuple(items)
+    try:
+        return DmqConfig(**kwargs)
+    except ConfigError as exc:
+        raise ctx.error("dmq", str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,8 +558,10 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Inst
     rpc = _rpc_table(ctx, data["rpc"]) if "rpc" in data else RpcConfig()
 
     dmq = data.get("dmq")
-    if dmq is not None and not isinstance(dmq, Mapping):
-        raise ctx.error("dmq", "must be a table")
+    if dmq is not None:
+        if not isinstance(dmq, Mapping):
+            raise ctx.error("dmq", "must be a table")
+        parse_dmq_table(dmq, source)
 
     return InstanceConfig(
         queues=mp.queues,

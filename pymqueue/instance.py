@@ -3,7 +3,9 @@
 Kamailio creates its queues when it starts and (for ``dbmode`` 1/3) saves them when it stops.
 An :class:`Instance` does the same for pymqueue: :meth:`Instance.start` creates every queue
 of the config (or attaches to it when it already exists), loads the ``dbmode`` 1/2 queues
-from the database and starts the RPC server; :meth:`Instance.stop` stops the RPC server,
+from the database, starts the RPC server and, with a ``[dmq]`` table, joins the DMQ bus
+(:class:`~pymqueue.dmq.aio.BusThread`, with ``dmq.list_nodes``/``dmq.remove`` on the RPC
+server); :meth:`Instance.stop` leaves the bus, stops the RPC server,
 saves the ``dbmode`` 1/3 queues, closes the queues and unlinks the ones it created.
 Application processes simply attach to the queues by name (``Queue(name)``).
 
@@ -28,6 +30,8 @@ from pymqueue.errors import ConfigError, QueueClosed, QueueNotFound
 if TYPE_CHECKING:
     from pymqueue._queue import Queue
     from pymqueue.db import Persistence
+    from pymqueue.dmq.aio import BusThread
+    from pymqueue.dmq.core import DmqConfig
     from pymqueue.rpc import RpcServer
 
 __all__ = ["Instance"]
@@ -46,11 +50,14 @@ class Instance:
 
     config: InstanceConfig
     rpc: RpcServer | None
+    dmq: BusThread | None
+    """The DMQ bus (when the config has a ``[dmq]`` table), running in its own thread."""
 
     def __init__(self, config: InstanceConfig, *, namespace: str | None = None) -> None:
         self.config = config
         self.namespace = namespace if namespace is not None else config.namespace
         self.rpc = None
+        self.dmq = None
         self._queues: dict[bytes, Queue] = {}
         self._registry: dict[str, Queue] = {}
         self._attached: set[bytes] = set()
@@ -154,8 +161,9 @@ class Instance:
 
                     self.rpc = RpcServer(self, self.config.rpc)
                     self.rpc.start()
-                if self.config.dmq:
-                    log.warning("[dmq] is configured but not started by this version")
+                dmq_config = self.config.dmq_config
+                if dmq_config is not None:
+                    self._start_dmq(dmq_config)
             except BaseException:
                 # like Kamailio (spec T43): what was loaded from the DB is written back
                 self._teardown()
@@ -169,8 +177,25 @@ class Instance:
                 return
             self._teardown()
 
+    def _start_dmq(self, dmq_config: DmqConfig) -> None:
+        """Run the DMQ bus in a background thread; add ``dmq.*`` to the RPC server."""
+        from pymqueue.dmq.aio import BusThread  # noqa: PLC0415
+        from pymqueue.dmq.rpc import register_dmq_rpc  # noqa: PLC0415
+
+        bus = BusThread(config=dmq_config)
+        bus.start()
+        self.dmq = bus
+        if self.rpc is not None:
+            register_dmq_rpc(self.rpc, bus)
+
     def _teardown(self) -> None:
         errors: list[BaseException] = []
+        if self.dmq is not None:
+            try:
+                self.dmq.stop()  # leave the bus first (peers see us disabled at once)
+            except Exception as exc:
+                errors.append(exc)
+            self.dmq = None
         if self.rpc is not None:
             try:
                 self.rpc.stop()

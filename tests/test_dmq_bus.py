@@ -8,16 +8,25 @@ fr_timer 1 s, so a dead node is ``disabled`` within about 6 s.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dmq_helpers import IP, Workers, udp_port, uri, workers
+from fix_postgres import free_port
 
+from pymqueue.config import config_from_dict
 from pymqueue.dmq import IncomingRequest, NodeDown, NodeId, NodeStatus, NodeUp, PeerReply
 from pymqueue.dmq.aio import Bus, BusThread, to_reply
 from pymqueue.errors import ConfigError, DmqError, DmqNodeNotFound, DmqTimeout
+from pymqueue.instance import Instance
 
 ACTIVE, DISABLED = NodeStatus.ACTIVE, NodeStatus.DISABLED
 FAST = {"ping_interval": 5.0, "fr_timer": 1.0}
@@ -201,3 +210,117 @@ def test_bind_error_is_dmq_error() -> None:
         bt = BusThread(uri(port), None, **FAST)
         with pytest.raises(DmqError, match="cannot bind"):
             bt.start()
+
+
+# -- instance, RPC and CLI ------------------------------------------------------------------
+
+
+def _serve(cfg: Path, namespace: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymqueue", "serve", "-c", str(cfg), "--namespace", namespace],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("pymqueue: ready"):
+        proc.kill()
+        raise AssertionError(f"serve did not start: {line!r} {proc.communicate(timeout=10)}")
+    return proc
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pymqueue", "dmq", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_instance_serve_joins_bus_rpc_and_cli(tmp_path: Path, namespace: str) -> None:
+    a_uri, i_port, rpc_port = uri(udp_port()), udp_port(), free_port()
+    i_uri = uri(i_port)
+    cfg = tmp_path / "pmq.toml"
+    cfg.write_text(
+        f'[rpc]\nport = {rpc_port}\n\n[dmq]\nserver_address = "{i_uri}"\n'
+        f'notification_address = "{a_uri}"\nping_interval = 5\nfr_timer = 1.0\n'
+    )
+    with BusThread(a_uri, None, **FAST) as a:
+        proc = _serve(cfg, namespace)
+        try:
+            assert a.wait_status(i_uri, ACTIVE, timeout=10) is ACTIVE
+            out = _cli("list", "-c", str(cfg))
+            assert out.returncode == 0, out.stderr
+            blocks = out.stdout.split("}\n")
+            assert blocks[0].startswith("{\n\thost: 127.0.0.1\n")
+            assert f"\tport: {i_port}\n\tproto: *\n\tresolved_ip: 127.0.0.1\n" in out.stdout
+            listed = json.loads(_cli("list", "-c", str(cfg), "--json").stdout)
+            by_port = {n["port"]: n for n in listed}
+            assert by_port[str(i_port)]["local"] == 1
+            assert by_port[a_uri.rsplit(":", 1)[1]] == {
+                "host": "127.0.0.1", "port": a_uri.rsplit(":", 1)[1], "proto": "*",
+                "resolved_ip": "127.0.0.1", "status": "active", "last_notification": 0,
+                "local": 0,
+            }  # fmt: skip
+            # Kamailio's answers: unknown node and local node "removed" (the local one is
+            # kept), unparsable URI 500 Failure
+            for target in ("sip:127.0.0.1:9", i_uri):
+                rm = _cli("remove", target, "--http", f"127.0.0.1:{rpc_port}")
+                assert (rm.returncode, rm.stdout) == (0, "Ok. DMQ node removed.\n")
+            bad = _cli("remove", "bogus", "-c", str(cfg))
+            assert (bad.returncode, bad.stderr) == (1, "error: 500 - Failure\n")
+            assert len(json.loads(_cli("list", "-c", str(cfg), "--json").stdout)) == 2
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        # stop() left the bus: A saw the instance disabled without waiting for a timeout
+        assert a.status(i_uri) is DISABLED
+
+
+def test_instance_in_process_dmq_rpc(namespace: str) -> None:
+    a_uri, i_uri = uri(udp_port()), uri(udp_port())
+    table = {"server_address": i_uri, "notification_address": [a_uri], "ping_interval": 5,
+             "fr_timer": 1}  # fmt: skip
+    config = config_from_dict({"dmq": table})
+    with BusThread(a_uri, None, **FAST) as a, Instance(config, namespace=namespace) as inst:
+        assert inst.dmq is not None
+        assert inst.rpc is None  # no [rpc]: the bus runs without management RPC
+        assert a.wait_status(i_uri, ACTIVE, timeout=10) is ACTIVE
+        assert inst.dmq.wait_status(a_uri, ACTIVE, timeout=10) is ACTIVE
+    assert inst.dmq is None
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({}, "dmq.server_address"),
+        ({"server_address": "sip:127.0.0.1:5090", "ping_interval": 1}, "ping_interval"),
+        ({"server_address": "sip:127.0.0.1:5090", "fr_timer": 0}, "dmq.fr_timer"),
+        ({"server_address": "sip:127.0.0.1:5090", "fr_timer": "1"}, "dmq.fr_timer"),
+        ({"server_address": "sip:localhost:5090"}, "server_address"),
+        ({"server_address": "sip:127.0.0.1"}, "needs a port"),
+        ({"server_address": "sip:127.0.0.1:5090", "notification_address": 5}, "notification"),
+        ({"server_address": "sip:127.0.0.1:5090", "bogus": 1}, "dmq.bogus"),
+        ({"server_address": "sip:127.0.0.1:5090", "allow_networks": ["x"]}, "allow_networks"),
+        ({"server_address": "sip:127.0.0.1:5090", "via_rport": 1}, "dmq.via_rport"),
+    ],
+)
+def test_dmq_table_errors(table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict({"dmq": table})
+
+
+def test_dmq_table_parsed() -> None:
+    cfg = config_from_dict(
+        {"dmq": {"server_address": "sip:127.0.0.1:5090",
+                 "notification_address": "sip:127.0.0.1:5091", "ping_interval": 5,
+                 "fr_timer": 2, "secret": "s", "allow_networks": ["127.0.0.0/8"]}}
+    )  # fmt: skip
+    dc = cfg.dmq_config
+    assert dc is not None
+    assert dc.notification_addresses == ("sip:127.0.0.1:5091",)
+    assert (dc.ping_interval, dc.fr_timer, dc.secret) == (5.0, 2.0, b"s")
