@@ -61,6 +61,9 @@ int pmq_lock(pmq_queue *q) {
     case ETIMEDOUT:
         return PMQ_E_LOCKTIMEOUT;
     case ENOTRECOVERABLE:
+    case EINVAL:  /* the mutex's bytes were overwritten */
+    case EDEADLK:
+    case EPERM:
         return PMQ_E_CORRUPT;
     default:
         errno = rc;
@@ -81,7 +84,9 @@ int pmq_cond_wait(pmq_queue *q, pthread_cond_t *cond, const struct timespec *dea
     case EOWNERDEAD:
         return recover(q);
     case ENOTRECOVERABLE:
-        return PMQ_E_CORRUPT; /* not held; the caller's unlock then fails harmlessly (EPERM) */
+    case EINVAL: /* the mutex or condvar bytes were overwritten */
+    case EPERM:
+        return PMQ_E_CORRUPT; /* maybe not held; the caller's unlock then fails harmlessly */
     default:
         errno = rc;
         return PMQ_E_SYS;

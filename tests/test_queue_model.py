@@ -62,7 +62,7 @@ class QueueModel(RuleBasedStateMachine):
     @invariant()
     def same_contents(self) -> None:
         assert len(self.q) == len(self.model)
-        assert self.q.peek_many(100) == list(self.model)
+        assert self.q.peek_many(len(self.model) + 10) == list(self.model)
         s = self.q.stats()
         assert s.added == s.fetched + s.items + s.dropped + s.replaced
 
