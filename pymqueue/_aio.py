@@ -18,7 +18,7 @@ from pymqueue.errors import Empty, Full
 
 __all__ = ["AsyncQueue"]
 
-_SLICE = 0.25  # seconds a worker thread waits before the coroutine looks again
+_SLICE = 0.05  # seconds a worker thread waits before the coroutine looks again
 
 
 class AsyncQueue:
