@@ -38,7 +38,6 @@ SLOW_DIVISOR = 5  # slow peers (Redis, one round trip per item) get N / 5
 MULTI = [
     "pymqueue",
     "pymqueue_drop",
-    "proposed",
     "floor",
     "mp_queue",
     "mp_simplequeue",
@@ -54,7 +53,7 @@ def _make(key: str, value_size: int, request: pytest.FixtureRequest, n_items: in
     options: dict[str, Any] = {}
     if key == "redis":
         options["socket_path"] = request.getfixturevalue("redis_server")
-    if n_items and key in ("pymqueue", "floor", "proposed"):
+    if n_items and key in ("pymqueue", "floor"):
         options["policy"] = Overflow.BLOCK  # bounded ring (16 MiB), producers wait for room
     if key == "pymqueue_drop":
         # default policy, ring large enough for every item of a round: never drops, never waits
@@ -70,8 +69,7 @@ def _make(key: str, value_size: int, request: pytest.FixtureRequest, n_items: in
 def _label(impl: Impl) -> str:
     if impl.label:
         return impl.label
-    facades = ("pymqueue", "proposed facade (diagnostic)")
-    if impl.name in facades and impl.q.policy == Overflow.BLOCK:
+    if impl.name == "pymqueue" and impl.q.policy == Overflow.BLOCK:
         return f"{impl.name} (block, 16 MiB)"
     return impl.name
 
@@ -187,7 +185,7 @@ def _n(impl: Impl, n: int) -> int:
 
 @pytest.mark.parametrize(
     "key",
-    ["pymqueue", "proposed", "floor", "floor_bytes", "mp_queue", "mp_simplequeue", "faster_fifo",
+    ["pymqueue", "floor", "floor_bytes", "mp_queue", "mp_simplequeue", "faster_fifo",
      "posix_ipc", "redis"],
 )
 def test_w1_add_then_fetch(benchmark: Any, make_impl: Any, key: str) -> None:

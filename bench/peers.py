@@ -24,7 +24,6 @@ import secrets
 from pathlib import Path
 from typing import Any, ClassVar
 
-from proposed import LeanQueue
 from pymqueue._pmq_c import ffi, lib
 
 from pymqueue import AddMode, Overflow, Queue
@@ -141,17 +140,6 @@ class PyMQueue(Impl):
     def close(self) -> None:
         self.q.unlink()
         self.q.close()
-
-
-class Proposed(PyMQueue):
-    """DIAGNOSTIC: the facade with the speed-ups proposed in bench/proposed.py."""
-
-    name = "proposed facade (diagnostic)"
-
-    def __init__(self, value_size: int, policy: Overflow = Overflow.DROP_OLDEST,
-                 capacity: int = DEFAULT_CAPACITY, **options: Any) -> None:
-        Impl.__init__(self, value_size, **options)
-        self.q = LeanQueue(unique("bench"), create=True, capacity=capacity, policy=policy)
 
 
 class Floor(PyMQueue):
@@ -422,7 +410,6 @@ class RedisList(Impl):
 
 IMPLS: dict[str, type[Impl]] = {
     "pymqueue": PyMQueue,
-    "proposed": Proposed,
     "floor": Floor,
     "floor_bytes": FloorBytes,
     "mp_queue": MpQueue,
