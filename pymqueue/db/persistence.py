@@ -67,6 +67,7 @@ class QueueLike(Protocol):
     def fetch_many(
         self, max_items: int, timeout: float | None = ...
     ) -> list[tuple[bytes, bytes]]: ...
+    def peek_many(self, max_items: int) -> list[tuple[bytes, bytes]]: ...
     def size(self) -> int: ...
     def stats(self) -> Any: ...
 
@@ -91,24 +92,9 @@ def _fetched(q: QueueLike) -> int:
     return int(q.stats().fetched)
 
 
-def _peek(q: QueueLike) -> list[tuple[bytes, bytes]] | None:
-    peek = getattr(q, "peek_many", None)
-    if peek is None:
-        return None
-    n = q.size()
-    items: list[tuple[bytes, bytes]] = list(peek(max(n, 1) * 2 + BATCH))
-    return items
-
-
-def _chunks(it: Iterable[tuple[bytes, bytes]], n: int) -> Iterator[list[tuple[bytes, bytes]]]:
-    buf: list[tuple[bytes, bytes]] = []
-    for x in it:
-        buf.append(x)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+def _peek_all(q: QueueLike) -> list[tuple[bytes, bytes]]:
+    """The items in the queue now, oldest first, without removing any."""
+    return q.peek_many(q.size())
 
 
 class Persistence:
@@ -206,11 +192,6 @@ class Persistence:
                         self._start_one(qdb, qdef, queue, reattached)
             if self.sync_interval is not None:
                 synced = [(d, q) for d, q, _ in todo if int(d.dbmode) in (1, 3)]
-                for d, q in synced:
-                    if getattr(q, "peek_many", None) is None:
-                        raise ConfigError(
-                            f"db_sync_interval needs Queue.peek_many (queue {d.display_name!r})"
-                        )
                 self._synced = synced
                 if synced and self._thread is None:
                     self._stop.clear()
@@ -219,10 +200,17 @@ class Persistence:
                     )
                     self._thread.start()
 
+    @staticmethod
+    def _journal(db: Backend, table: str) -> dict[str, JournalEntry]:
+        """The table's journal rows, read under the table lock: a transaction of a process
+        killed while committing (PostgreSQL may still be finishing it) has ended by then."""
+        with db.transaction(table):
+            return db.journal_get(table)
+
     def _start_one(self, db: Backend, qdef: QueueDef, queue: QueueLike, reattached: bool) -> None:
         info = self._table(db, qdef)
         table = info.table
-        journal = db.journal_get(table)
+        journal = self._journal(db, table)
         name = qdef.display_name
         save = journal.get("save")
         if save is not None:
@@ -392,14 +380,12 @@ class Persistence:
 
     def _save(self, db: Backend, qdef: QueueDef, queue: QueueLike) -> SaveReport:
         info = self._table(db, qdef)
-        journal = db.journal_get(info.table)
+        journal = self._journal(db, info.table)
         if "save" in journal:  # left by a crash; on_start was not called since
             self._finish_save(queue, journal["save"])
             db.journal_del(info.table, "save")
         snap = journal.get("snap")
-        peeked = _peek(queue)
-        if peeked is None:
-            return self._save_draining(db, info, qdef, queue, snap)
+        peeked = _peek_all(queue)
         ok, bad = self._storable(info, qdef.name, peeked)
         mark = _fetched(queue)
         with db.transaction(info.table):
@@ -425,37 +411,6 @@ class Persistence:
         )
         return SaveReport(qdef.name, info.table, len(ok), len(bad))
 
-    def _save_draining(
-        self,
-        db: Backend,
-        info: TableInfo,
-        qdef: QueueDef,
-        queue: QueueLike,
-        snap: JournalEntry | None,
-    ) -> SaveReport:
-        """Fallback for an engine without peek_many: drain, insert, and put the items back
-        if the transaction fails. A kill -9 between the drain and the commit loses them."""
-        drained: list[tuple[bytes, bytes]] = []
-        while True:
-            got = queue.fetch_many(BATCH, timeout=0)
-            if not got:
-                break
-            drained += got
-        ok, bad = self._storable(info, qdef.name, drained)
-        try:
-            with db.transaction(info.table):
-                if snap is not None:
-                    db.delete_range(info, snap.lo, snap.hi)
-                    db.journal_del(info.table, "snap")
-                db.insert(info, ok, len(ok))
-                if bad:
-                    self._reject(db, bad)
-        except BaseException:
-            for chunk in _chunks(drained, BATCH):
-                queue.add_many(chunk, timeout=0)
-            raise
-        return SaveReport(qdef.name, info.table, len(ok), len(bad))
-
     # -- periodic sync ----------------------------------------------------------------------
     def sync_now(self) -> None:
         """Write a snapshot of every dbmode 1/3 queue now (what the sync thread does)."""
@@ -466,7 +421,7 @@ class Persistence:
 
     def _snapshot(self, db: Backend, qdef: QueueDef, queue: QueueLike) -> None:
         info = self._table(db, qdef)
-        items = _peek(queue) or []
+        items = _peek_all(queue)
         ok, _bad = self._storable(info, qdef.name, items)  # rejects are written at stop
         with db.transaction(info.table):
             old = db.journal_get(info.table).get("snap")
