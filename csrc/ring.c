@@ -466,6 +466,25 @@ int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t ti
     return rc;
 }
 
+/* Appends record r to a batch output (buf: keys and values, lens: their lengths). Returns
+ * 1 if it does not fit in what is left of buf (the lengths are then reported in lens[0..1]
+ * when the batch is still empty, with PMQ_E_BUFSMALL), else PMQ_OK. */
+static int copy_out(const pmq_rec *r, uint8_t *buf, size_t cap, size_t *used, uint32_t *lens,
+                    size_t n) {
+    size_t len = (size_t)r->klen + r->vlen;
+    if (len > cap - *used) {
+        if (n > 0) return 1;
+        lens[0] = r->klen;
+        lens[1] = r->vlen;
+        return PMQ_E_BUFSMALL;
+    }
+    memcpy(buf + *used, rec_key(r), len);
+    lens[2 * n] = r->klen;
+    lens[2 * n + 1] = r->vlen;
+    *used += len;
+    return PMQ_OK;
+}
+
 int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                    size_t *got, int64_t timeout_ns) {
     *got = 0;
@@ -486,20 +505,11 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
             rc = read_rec(q, w->head, w->tail, &ref);
             if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
             if (rc != PMQ_OK) break;
-            const pmq_rec *r = ref.rec;
-            size_t len = (size_t)r->klen + r->vlen;
-            if (len > cap - used) {
-                if (n == 0) {
-                    lens[0] = r->klen;
-                    lens[1] = r->vlen;
-                    rc = PMQ_E_BUFSMALL;
-                }
+            int fit = copy_out(ref.rec, buf, cap, &used, lens, n);
+            if (fit != PMQ_OK) {
+                if (fit < 0) rc = fit;
                 break;
             }
-            memcpy(buf + used, rec_key(r), len);
-            lens[2 * n] = r->klen;
-            lens[2 * n + 1] = r->vlen;
-            used += len;
             n++;
             pmq_rec *popped;
             rc = pop_head(q, w, &popped);
@@ -543,19 +553,11 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
         if (rc != PMQ_OK) break;
         const pmq_rec *r = ref.rec;
         if (r != NULL && !(r->flags & REC_TOMB) && r->id >= *cursor_id) {
-            size_t len = (size_t)r->klen + r->vlen;
-            if (len > cap - used) {
-                if (n == 0) {
-                    lens[0] = r->klen;
-                    lens[1] = r->vlen;
-                    rc = PMQ_E_BUFSMALL;
-                }
+            int fit = copy_out(r, buf, cap, &used, lens, n);
+            if (fit != PMQ_OK) {
+                if (fit < 0) rc = fit;
                 break;
             }
-            memcpy(buf + used, rec_key(r), len);
-            lens[2 * n] = r->klen;
-            lens[2 * n + 1] = r->vlen;
-            used += len;
             n++;
             *cursor_id = r->id + 1;
             *cursor_pos = ref.next;

@@ -190,6 +190,18 @@ class _Buf:
         self.clens = _ffi.from_buffer("uint32_t[]", self.lens)
 
 
+def _unpack_batch(buf: _Buf, lens: Any, count: int, out: list[tuple[bytes, bytes]]) -> None:
+    """Append the ``count`` items a batch call left in ``buf`` (key, value, key, value …)."""
+    flat = _ffi.unpack(lens, 2 * count)
+    view = buf.view
+    pos = 0
+    for i in range(0, 2 * count, 2):
+        k = flat[i]
+        v = flat[i + 1]
+        out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
+        pos += k + v
+
+
 def _attach(raw_name: bytes, namespace: str, serializer: Serializer) -> Queue:
     return Queue(raw_name, create=False, namespace=namespace, serializer=serializer)
 
@@ -570,16 +582,8 @@ class Queue:
                     break
                 if rc != 0:
                     self._fail(rc)
-                count = got[0]
                 wait = 0
-                flat = B.ffi.unpack(lens, 2 * count)
-                view = buf.view
-                pos = 0
-                for i in range(0, 2 * count, 2):
-                    k = flat[i]
-                    v = flat[i + 1]
-                    out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
-                    pos += k + v
+                _unpack_batch(buf, lens, got[0], out)
         finally:
             self._bufs.append(buf)
         return out
@@ -608,17 +612,9 @@ class Queue:
                 continue
             if rc != 0:
                 self._fail(rc)
-            count = got[0]
-            if count == 0:
+            if got[0] == 0:
                 break
-            flat = B.ffi.unpack(lens, 2 * count)
-            view = buf.view
-            pos = 0
-            for i in range(0, 2 * count, 2):
-                k = flat[i]
-                v = flat[i + 1]
-                out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
-                pos += k + v
+            _unpack_batch(buf, lens, got[0], out)
         return out
 
     # ---- standard-library vocabulary --------------------------------------------------
