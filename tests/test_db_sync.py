@@ -30,11 +30,18 @@ Item = tuple[bytes, bytes]
 
 
 class Db:
-    """The database of one test: its URL and the rows of a table (key, val in id order)."""
+    """The database of one test: its URL, the rows of a table (key, val in id order) and a
+    way to insert rows (into a table of Kamailio's layout, created if missing)."""
 
-    def __init__(self, url: str, rows: Callable[[str], list[Item]]) -> None:
+    def __init__(
+        self,
+        url: str,
+        rows: Callable[[str], list[Item]],
+        insert: Callable[[str, list[Item]], None],
+    ) -> None:
         self.url = url
         self.rows = rows
+        self.insert = insert
 
     def wait_rows(self, table: str, want: Callable[[list[Item]], bool]) -> list[Item]:
         """Poll the table until ``want(rows)`` holds (AssertionError after DEADLINE)."""
@@ -68,6 +75,30 @@ def sqlite_rows(path: Path) -> Callable[[str], list[Item]]:
     return rows
 
 
+def sqlite_insert(path: Path) -> Callable[[str, list[Item]], None]:
+    def insert(table: str, items: list[Item]) -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=DEADLINE)) as c:
+            c.execute(f'CREATE TABLE IF NOT EXISTS "{table}" '
+                      "(id INTEGER PRIMARY KEY AUTOINCREMENT, key BLOB, val BLOB)")  # fmt: skip
+            c.executemany(f'INSERT INTO "{table}" (key, val) VALUES (?, ?)', items)
+            c.commit()
+
+    return insert
+
+
+def pg_insert(dsn: str) -> Callable[[str, list[Item]], None]:
+    import psycopg  # noqa: PLC0415
+
+    def insert(table: str, items: list[Item]) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'CREATE TABLE IF NOT EXISTS "{table}" '
+                      "(id BIGSERIAL PRIMARY KEY, key BYTEA, val BYTEA)")  # fmt: skip
+            with c.cursor() as cur:
+                cur.executemany(f'INSERT INTO "{table}" (key, val) VALUES (%s, %s)', items)
+
+    return insert
+
+
 def pg_rows(dsn: str) -> Callable[[str], list[Item]]:
     import psycopg  # noqa: PLC0415 (the pg_dsn fixture checked it is installed)
 
@@ -86,9 +117,9 @@ def pg_rows(dsn: str) -> Callable[[str], list[Item]]:
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
     if request.param == "sqlite":
         path = tmp_path / "sync.db"
-        return Db(f"sqlite:///{path}", sqlite_rows(path))
+        return Db(f"sqlite:///{path}", sqlite_rows(path), sqlite_insert(path))
     dsn = request.getfixturevalue("pg_dsn")
-    return Db(dsn, pg_rows(dsn))
+    return Db(dsn, pg_rows(dsn), pg_insert(dsn))
 
 
 class Served:
@@ -154,8 +185,11 @@ def batch(tag: str, n: int) -> list[Item]:
     return [(f"{tag}{i:05d}".encode(), f"value {tag} {i}".encode()) for i in range(n)]
 
 
-def config(db: Db, **queues: int) -> str:
-    text = f"db_url = {db.url!r}\ndb_sync_interval = {INTERVAL}\n"
+def config(db: Db, sync: float | None = INTERVAL, **queues: int) -> str:
+    """A TOML instance config: ``db_url``, ``db_sync_interval`` and ``name = dbmode`` queues."""
+    text = f"db_url = {db.url!r}\n"
+    if sync is not None:
+        text += f"db_sync_interval = {sync}\n"
     for name, mode in queues.items():
         text += f'[[queue]]\nname = "{name}"\ndbmode = {mode}\n'
     return text
