@@ -218,9 +218,17 @@ class Instance:
                 errors.append(exc)
                 keep = True
             self._persistence = None
+        saved = {
+            qdef.name
+            for qdef in self.config.queues
+            if qdef.dbmode in (DbMode.LOAD_SAVE, DbMode.SAVE)
+        }
         for raw, q in self._queues.items():
             try:
-                if raw not in self._attached and not keep:
+                # A queue we created goes with us. One we reattached (left by a previous run
+                # that died) goes too once its items are saved: they live in the database
+                # now, and the next start must load them rather than reattach an empty queue.
+                if not keep and (raw not in self._attached or raw in saved):
                     q.unlink()
                 q.close()
             except Exception as exc:

@@ -149,12 +149,6 @@ def test_serve_killed_then_restarted_reattaches(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Instance.stop leaves a segment it reattached in place even after saving its "
-    "items, so the next start reattaches that empty segment and does not load the rows "
-    "(fix belongs in pymqueue/instance.py)",
-)
 def test_serve_loads_after_a_reattached_run(
     db: Db,  # noqa: F811
     serve: Callable[[str], Served],  # noqa: F811
