@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pickle
 import queue as stdqueue
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from queue_helpers import fresh_queue, unique_name
@@ -306,18 +310,10 @@ def test_repr_shows_state_and_non_default_settings() -> None:
     with fresh_queue(size=10, policy="reject", addmode=2) as q:
         q.add("a", "b")
         r = repr(q)
-        assert (
-            f"'{q.name}'" in r
-        )
-        assert (
-            "items=1/10" in r
-        )
-        assert (
-            "policy=reject" in r
-        )
-        assert (
-            "addmode=2" in r
-        )
+        assert f"'{q.name}'" in r
+        assert "items=1/10" in r
+        assert "policy=reject" in r
+        assert "addmode=2" in r
 
 
 def test_pickles_by_name() -> None:
@@ -344,3 +340,32 @@ def test_bad_arguments() -> None:
             q.add(1, "x")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="timeout"):
             q.fetch(timeout=-1)
+
+
+def _blocked_get(name: str) -> None:
+    q = pymqueue.Queue(name, create=False)
+    try:
+        print("waiting", flush=True)
+        q.get()  # timeout=None: waits forever
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(0)
+
+
+def test_ctrl_c_interrupts_a_wait_forever() -> None:
+    with fresh_queue() as q:
+        code = (
+            "import sys; sys.path.insert(0, 'tests'); import test_queue as t; "
+            f"t._blocked_get({q.name!r})"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        # Interrupt it only once it is blocked inside the engine's wait.
+        deadline = time.monotonic() + 10
+        while q.stats().getters_waiting == 0:
+            assert time.monotonic() < deadline, "the child never started waiting"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert out.strip() == "interrupted"
