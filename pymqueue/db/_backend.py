@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from pymqueue.errors import DatabaseError
+
 __all__ = ["JOURNAL_TABLE", "Backend", "Column", "JournalEntry", "TableInfo", "fold_name"]
 
 #: Bookkeeping table in the same database (see docs/persistence.md, "Crash safety").
@@ -51,6 +53,19 @@ class JournalEntry:
     n: int  # items involved
     lo: int  # id range of rows written (save/snap), 0 when unused
     hi: int
+
+
+def table_name_text(qname: bytes, database: str) -> str:
+    """A queue's name as the text of a table name, or DatabaseError naming ``database``."""
+    try:
+        name = qname.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatabaseError(
+            f"queue name {qname!r} is not UTF-8 and cannot name a {database} table"
+        ) from None
+    if "\0" in name or not name:
+        raise DatabaseError(f"queue name {qname!r} cannot name a {database} table")
+    return name
 
 
 def fold_name(name: str) -> str:

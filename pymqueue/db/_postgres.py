@@ -19,6 +19,7 @@ from pymqueue.db._backend import (
     JournalEntry,
     TableInfo,
     fold_name,
+    table_name_text,
 )
 from pymqueue.errors import ConfigError, DatabaseError
 
@@ -67,14 +68,7 @@ class PostgresBackend:
 
     # -- names --------------------------------------------------------------------------
     def table_for(self, qname: bytes) -> str:
-        try:
-            name = qname.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DatabaseError(
-                f"queue name {qname!r} is not UTF-8 and cannot name a PostgreSQL table"
-            ) from None
-        if "\0" in name or not name:
-            raise DatabaseError(f"queue name {qname!r} cannot name a PostgreSQL table")
+        name = table_name_text(qname, "PostgreSQL")
         table = fold_name(name)
         if len(table.encode()) > NAMEDATALEN:
             raise DatabaseError(

@@ -15,7 +15,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pymqueue.db._backend import JOURNAL_TABLE, READ_CHUNK, Column, JournalEntry, TableInfo
+from pymqueue.db._backend import (
+    JOURNAL_TABLE,
+    READ_CHUNK,
+    Column,
+    JournalEntry,
+    TableInfo,
+    table_name_text,
+)
 from pymqueue.errors import DatabaseError
 
 __all__ = ["SqliteBackend"]
@@ -57,14 +64,7 @@ class SqliteBackend:
 
     # -- names --------------------------------------------------------------------------
     def table_for(self, qname: bytes) -> str:
-        try:
-            name = qname.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DatabaseError(
-                f"queue name {qname!r} is not UTF-8 and cannot name a SQLite table"
-            ) from None
-        if "\0" in name or not name:
-            raise DatabaseError(f"queue name {qname!r} cannot name a SQLite table")
+        name = table_name_text(qname, "SQLite")
         if name.lower() == JOURNAL_TABLE or name.lower().startswith("sqlite_"):
             raise DatabaseError(f"queue name {name!r} is reserved in the database")
         return name
