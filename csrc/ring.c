@@ -428,44 +428,6 @@ static int wait_item(pmq_queue *q, const struct timespec *deadline, int forever)
     }
 }
 
-int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t timeout_ns) {
-    struct timespec ts;
-    const struct timespec *deadline;
-    int forever, rc;
-    if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
-    if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    rc = wait_item(q, deadline, forever);
-    if (rc == PMQ_OK) {
-        pmq_state *w = &q->h->st[1u - q->h->cur];
-        const pmq_state *s = published(q);
-        uint64_t count_before = s->count, used_before = s->tail - s->head;
-        rec_ref ref;
-        rc = read_rec(q, w->head, w->tail, &ref);
-        if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
-        if (rc == PMQ_OK) {
-            const pmq_rec *r = ref.rec;
-            lens[0] = r->klen;
-            lens[1] = r->vlen;
-            if ((uint64_t)r->klen + r->vlen > cap) {
-                rc = PMQ_E_BUFSMALL;
-            } else {
-                memcpy(buf, rec_key(r), (size_t)r->klen + r->vlen);
-                pmq_rec *popped;
-                rc = pop_head(q, w, &popped);
-                if (rc == PMQ_OK) rc = skip_dead(q, w);
-                if (rc == PMQ_OK) {
-                    w->fetched++;
-                    pmq_crash_check(6);
-                    pmq_commit(q);
-                    wake_putters(q, count_before, used_before);
-                }
-            }
-        }
-    }
-    pmq_unlock(q);
-    return rc;
-}
-
 /* Appends record r to a batch output (buf: keys and values, lens: their lengths). Returns
  * 1 if it does not fit in what is left of buf (the lengths are then reported in lens[0..1]
  * when the batch is still empty, with PMQ_E_BUFSMALL), else PMQ_OK. */
@@ -519,6 +481,7 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
         }
         if (n > 0 && rc != PMQ_E_CORRUPT) {
             rc = PMQ_OK;
+            pmq_crash_check(6);
             pmq_commit(q);
             *got = n;
             wake_putters(q, count_before, used_before);
@@ -526,6 +489,12 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
     }
     pmq_unlock(q);
     return rc;
+}
+
+/* One item: a batch of one. */
+int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t timeout_ns) {
+    size_t got;
+    return pmq_fetch_many(q, buf, cap, lens, 1, &got, timeout_ns);
 }
 
 /* ---- reading without removing -------------------------------------------------------- */
