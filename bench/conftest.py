@@ -126,9 +126,11 @@ def pytest_benchmark_update_machine_info(
         "cffi": _version("cffi"),
         "faster-fifo": _version("faster-fifo"),
         "posix_ipc": _version("posix_ipc"),
+        "cloudtoid-interprocess": _version("cloudtoid-interprocess"),
         "redis-py": _version("redis"),
         "redis-server": _redis_version(),
         "pytest-benchmark": _version("pytest-benchmark"),
+        "loadavg_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "mqueue_msg_max": _read_int("/proc/sys/fs/mqueue/msg_max"),
         "mqueue_msgsize_max": _read_int("/proc/sys/fs/mqueue/msgsize_max"),
     }

@@ -18,15 +18,17 @@ slightly. Hot loops bind methods to locals for every implementation alike.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pymqueue._pmq_c import ffi, lib
 
-from pymqueue import AddMode, Overflow, Queue
+from pymqueue import AddMode, AsyncQueue, Overflow, Queue
 
 try:
     import faster_fifo
@@ -40,6 +42,10 @@ try:
     import redis
 except ImportError:  # pragma: no cover
     redis = None
+try:
+    import cloudtoid_interprocess
+except ImportError:  # pragma: no cover - the bench extra installs it
+    cloudtoid_interprocess = None
 
 KEY = b"k" * 16
 BATCH = 256
@@ -418,4 +424,259 @@ IMPLS: dict[str, type[Impl]] = {
     "faster_fifo_many": FasterFifoMany,
     "posix_ipc": PosixMQ,
     "redis": RedisList,
+}
+
+
+# ---- hand-off (ping-pong) ---------------------------------------------------------------
+#
+# Two channels, A->B and B->A. The initiator (the parent) times each round trip with
+# ``time.perf_counter_ns()``: send one item on A->B, block until the echo arrives on B->A.
+# The responder (a forked child) blocks on A->B with no timeout and sends what it got back
+# on B->A. Both sides use the implementation's ordinary blocking receive with no timeout.
+
+
+class Handoff:
+    name: ClassVar[str] = "?"
+    peer: ClassVar[bool] = True  # False: pymqueue's own rows, not a peer to compare with
+
+    def __init__(self, value_size: int = 64) -> None:
+        self.value = b"v" * value_size
+        self.msg = KEY + self.value
+
+    def child_init(self) -> None:
+        """In the responder, after fork, before it reports ready."""
+
+    def parent_init(self) -> None:
+        """In the initiator, after the responder reported ready."""
+
+    def ping(self, n: int) -> list[int]:
+        """``n`` round trips; the duration of each in ns."""
+        raise NotImplementedError
+
+    def pong(self, n: int) -> None:
+        """Echo ``n`` items."""
+        raise NotImplementedError
+
+    def child_close(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PyMQueueHandoff(Handoff):
+    """Two queues (default policy and capacity): ``add(k, v)`` then ``fetch(timeout=None)``."""
+
+    name = "pymqueue"
+    peer = False
+
+    def __init__(self, value_size: int = 64) -> None:
+        super().__init__(value_size)
+        self.q1 = Queue(unique("hand"), create=True)
+        self.q2 = Queue(unique("hand"), create=True)
+
+    def ping(self, n: int) -> list[int]:
+        add, fetch, clock = self.q1.add, self.q2.fetch, time.perf_counter_ns
+        k, v = KEY, self.value
+        out: list[int] = []
+        rec = out.append
+        for _ in range(n):
+            t0 = clock()
+            add(k, v)
+            fetch(None)
+            rec(clock() - t0)
+        return out
+
+    def pong(self, n: int) -> None:
+        add, fetch = self.q2.add, self.q1.fetch
+        for _ in range(n):
+            k, v = fetch(None)  # type: ignore[misc]
+            add(k, v)
+
+    def close(self) -> None:
+        for q in (self.q1, self.q2):
+            q.unlink()
+            q.close()
+
+
+class AsyncQueueHandoff(PyMQueueHandoff):
+    """The responder awaits ``AsyncQueue.fetch()`` (no timeout) in an event loop; the
+    initiator is the synchronous facade, as in the ``pymqueue`` row."""
+
+    name = "pymqueue AsyncQueue"
+
+    def pong(self, n: int) -> None:
+        asyncio.run(self._apong(n))
+
+    async def _apong(self, n: int) -> None:
+        afetch = AsyncQueue(self.q1).fetch
+        add = self.q2.add
+        for _ in range(n):
+            k, v = await afetch()  # type: ignore[misc]
+            add(k, v)
+
+
+class PosixMQHandoff(Handoff):
+    """Two ``posix_ipc.MessageQueue`` (depth msg_max, message size = the item);
+    ``send(m)`` / ``receive()`` (no timeout: blocks in the kernel)."""
+
+    name = "posix_ipc"
+
+    def __init__(self, value_size: int = 64) -> None:
+        super().__init__(value_size)
+        depth = mq_limit("msg_max", 10)
+        self.mqs = [
+            posix_ipc.MessageQueue("/" + unique("pmqbench"), posix_ipc.O_CREX,
+                                   max_messages=depth, max_message_size=len(self.msg))
+            for _ in range(2)
+        ]
+
+    def ping(self, n: int) -> list[int]:
+        send, receive, clock = self.mqs[0].send, self.mqs[1].receive, time.perf_counter_ns
+        m = self.msg
+        out: list[int] = []
+        rec = out.append
+        for _ in range(n):
+            t0 = clock()
+            send(m)
+            receive()
+            rec(clock() - t0)
+        return out
+
+    def pong(self, n: int) -> None:
+        send, receive = self.mqs[1].send, self.mqs[0].receive
+        for _ in range(n):
+            send(receive()[0])
+
+    def close(self) -> None:
+        for mq in self.mqs:
+            mq.close()
+            mq.unlink()
+
+
+class CloudtoidHandoff(Handoff):
+    """cloudtoid-interprocess 3.x: two named byte rings in /dev/shm (64 KiB each);
+    ``Publisher.try_send(m)`` / ``Subscriber.receive(timeout=None)`` (waits for ever).
+    Endpoints are opened after fork: the responder's first, then the initiator's."""
+
+    name = "cloudtoid-interprocess"
+    CAPACITY = 64 * 1024
+    PATH = "/dev/shm"
+
+    def __init__(self, value_size: int = 64) -> None:
+        super().__init__(value_size)
+        self.names = (unique("pmqbench"), unique("pmqbench"))
+        self.ends: list[Any] = []
+
+    def _open(self, send_on: str, receive_on: str) -> None:
+        ci = cloudtoid_interprocess
+        self.ends = [ci.Subscriber(receive_on, self.CAPACITY, path=self.PATH),
+                     ci.Publisher(send_on, self.CAPACITY, path=self.PATH)]
+
+    def child_init(self) -> None:
+        self._open(self.names[1], self.names[0])
+
+    def parent_init(self) -> None:
+        self._open(self.names[0], self.names[1])
+
+    def ping(self, n: int) -> list[int]:
+        sub, pub = self.ends
+        send, receive, clock = pub.try_send, sub.receive, time.perf_counter_ns
+        m = self.msg
+        out: list[int] = []
+        rec = out.append
+        for _ in range(n):
+            t0 = clock()
+            if not send(m):
+                raise RuntimeError("cloudtoid ring full")
+            receive(None)
+            rec(clock() - t0)
+        return out
+
+    def pong(self, n: int) -> None:
+        sub, pub = self.ends
+        send, receive = pub.try_send, sub.receive
+        for _ in range(n):
+            if not send(receive(None)):
+                raise RuntimeError("cloudtoid ring full")
+
+    def child_close(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for end in self.ends:
+            end.close()
+        self.ends = []
+
+
+class PipeHandoff(Handoff):
+    """One duplex ``multiprocessing.Pipe`` (a socketpair): ``send_bytes`` / ``recv_bytes``."""
+
+    name = "multiprocessing.Pipe"
+
+    def __init__(self, value_size: int = 64) -> None:
+        super().__init__(value_size)
+        self.a, self.b = CTX.Pipe(duplex=True)
+
+    def ping(self, n: int) -> list[int]:
+        send, recv, clock = self.a.send_bytes, self.a.recv_bytes, time.perf_counter_ns
+        m = self.msg
+        out: list[int] = []
+        rec = out.append
+        for _ in range(n):
+            t0 = clock()
+            send(m)
+            recv()
+            rec(clock() - t0)
+        return out
+
+    def pong(self, n: int) -> None:
+        send, recv = self.b.send_bytes, self.b.recv_bytes
+        for _ in range(n):
+            send(recv())
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+
+class FasterFifoHandoff(Handoff):
+    """Two ``faster_fifo.Queue`` (16 MiB): ``put(m)`` / ``get(True, 1e9)`` (pickled, the
+    default; its longest timeout stands for "none")."""
+
+    name = "faster-fifo"
+
+    def __init__(self, value_size: int = 64) -> None:
+        super().__init__(value_size)
+        self.qs = [faster_fifo.Queue(max_size_bytes=DEFAULT_CAPACITY) for _ in range(2)]
+
+    def ping(self, n: int) -> list[int]:
+        put, get, clock = self.qs[0].put, self.qs[1].get, time.perf_counter_ns
+        m = self.msg
+        out: list[int] = []
+        rec = out.append
+        for _ in range(n):
+            t0 = clock()
+            put(m, True, 1e9)
+            get(True, 1e9)
+            rec(clock() - t0)
+        return out
+
+    def pong(self, n: int) -> None:
+        put, get = self.qs[1].put, self.qs[0].get
+        for _ in range(n):
+            put(get(True, 1e9), True, 1e9)
+
+    def close(self) -> None:
+        for q in self.qs:
+            q.close()
+
+
+HANDOFFS: dict[str, type[Handoff]] = {
+    "pymqueue": PyMQueueHandoff,
+    "pymqueue_async": AsyncQueueHandoff,
+    "posix_ipc": PosixMQHandoff,
+    "cloudtoid": CloudtoidHandoff,
+    "mp_pipe": PipeHandoff,
+    "faster_fifo": FasterFifoHandoff,
 }

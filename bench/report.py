@@ -6,6 +6,14 @@ Prints machine info, one table per workload (implementations x items/s with rati
 posix_ipc, faster-fifo and the floor probe), the add-cost table and the targets.
 Throughput is ``items per round / median round time``; "spread" is the slowest and fastest
 round, so a wide spread means a noisy machine.
+
+Hand-off latency and idle CPU (``bench/bench_handoff.py``, issue 9):
+
+    python -m pytest bench/bench_handoff.py --benchmark-json=handoff.json -p no:cacheprovider \
+        && python bench/report.py handoff.json
+
+prints the round-trip table (median, p90, p99, mean; ratios to the best peer's median and to
+the best peer's p99, each taken separately) and the idle-CPU table.
 """
 
 from __future__ import annotations
@@ -85,11 +93,13 @@ def machine(data: dict[str, Any]) -> list[str]:
         f"({mi.get('python_implementation', '?')})",
         f"- pymqueue {extra.get('pymqueue', '?')} (cffi {extra.get('cffi', '?')}); "
         f"faster-fifo {extra.get('faster-fifo', '?')}; posix_ipc {extra.get('posix_ipc', '?')}; "
+        f"cloudtoid-interprocess {extra.get('cloudtoid-interprocess', '?')}; "
         f"redis-server {extra.get('redis-server', '?')} (redis-py {extra.get('redis-py', '?')}); "
         f"pytest-benchmark {extra.get('pytest-benchmark', '?')}",
         f"- POSIX mqueue limits: msg_max {extra.get('mqueue_msg_max', '?')}, "
         f"msgsize_max {extra.get('mqueue_msgsize_max', '?')} (posix_ipc depth = msg_max)",
-        f"- Run: {data.get('datetime', '?')}",
+        f"- Run: {data.get('datetime', '?')}; load average at the end "
+        f"{extra.get('loadavg_at_end', '?')}",
     ]
     return lines
 
@@ -180,18 +190,123 @@ def targets(r: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     return lines
 
 
+HANDOFF_COMMAND = (
+    "python -m pytest bench/bench_handoff.py --benchmark-json=handoff.json -p no:cacheprovider "
+    "&& python bench/report.py handoff.json"
+)
+
+
+def fmt_us(ns: float) -> str:
+    return f"{ns / 1000:.2f} us" if ns < 10_000 else f"{ns / 1000:.1f} us"
+
+
+def fmt_x(x: float) -> str:
+    return f"{x:.3f}x" if x < 0.1 else f"{x:.2f}x"
+
+
+def handoff_rows(data: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    return [b["extra_info"] for b in data["benchmarks"]
+            if b.get("extra_info", {}).get("workload") == workload]
+
+
+def handoff_table(data: dict[str, Any]) -> list[str]:
+    rows = handoff_rows(data, "HANDOFF")
+    if not rows:
+        return []
+    peers = [r for r in rows if r.get("peer")]
+    best_med = min(peers, key=lambda r: r["median_ns"]) if peers else None
+    best_p99 = min(peers, key=lambda r: r["p99_ns"]) if peers else None
+    lines = [
+        "#### Hand-off: ping-pong round trip between two processes, blocking with no timeout",
+        "",
+        f"{int(rows[0]['round_trips'])} timed round trips per row after warm-up; item = key "
+        "16 B + value 64 B (peers: one 80 B message; the C reference carries no payload). "
+        + (f"Best peer: median {best_med['impl']}, p99 {best_p99['impl']}."
+           if best_med and best_p99 else "No peer measured."),
+        "",
+        "| implementation | median | p90 | p99 | mean | median / best peer's | "
+        "p99 / best peer's p99 | load avg (1/5/15 min) at start |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(rows, key=lambda r: r["median_ns"]):
+        m = fmt_x(r["median_ns"] / best_med["median_ns"]) if best_med else ""
+        q = fmt_x(r["p99_ns"] / best_p99["p99_ns"]) if best_p99 else ""
+        name = r["impl"] + ("" if r.get("peer") or r.get("reference") else " (ours)")
+        lines.append(
+            f"| {name} | {fmt_us(r['median_ns'])} | {fmt_us(r['p90_ns'])} "
+            f"| {fmt_us(r['p99_ns'])} | {fmt_us(r['mean_ns'])} | {m} | {q} "
+            f"| {r.get('loadavg_start', '')} |"
+        )
+    lines.append("")
+    return lines
+
+
+def idle_table(data: dict[str, Any]) -> list[str]:
+    rows = handoff_rows(data, "IDLE")
+    if not rows:
+        return []
+    lines = [
+        "#### Idle CPU: one consumer blocked with no timeout on an empty channel",
+        "",
+        "CPU = user + sys of the consumer process (all its threads, `getrusage`), over the "
+        "wall time it waited.",
+        "",
+        "| implementation | waited | CPU time | % of one core |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: r["cpu_pct"]):
+        name = r["impl"] + ("" if r.get("peer") else " (ours)")
+        lines.append(f"| {name} | {r['wall_s']:.2f} s | {r['cpu_s'] * 1000:.1f} ms "
+                     f"| {r['cpu_pct']:.2f}% |")
+    lines.append("")
+    return lines
+
+
+def handoff_targets(data: dict[str, Any]) -> list[str]:
+    rows = handoff_rows(data, "HANDOFF")
+    idle = handoff_rows(data, "IDLE")
+    if not rows and not idle:
+        return []
+    peers = [r for r in rows if r.get("peer")]
+    ours = {r["impl"]: r for r in rows}
+    lines = ["#### Targets of issue 9 (this run)", "",
+             "| target | figure | verdict |", "|---|---:|---|"]
+    mine = ours.get("pymqueue")
+    if mine and peers:
+        bm = min(r["median_ns"] for r in peers)
+        bp = min(r["p99_ns"] for r in peers)
+        for label, ratio, want in (
+            ("hand-off median <= 0.2x the best peer's", mine["median_ns"] / bm, 0.2),
+            ("hand-off p99 <= 0.5x the best peer's p99", mine["p99_ns"] / bp, 0.5),
+        ):
+            lines.append(f"| {label} | {ratio:.2f}x | {'met' if ratio <= want else 'MISSED'} |")
+    for r in idle:
+        if not r.get("peer"):
+            ok = r["cpu_pct"] < 5.0
+            lines.append(f"| idle CPU < 5% of a core: {r['impl']} | {r['cpu_pct']:.2f}% "
+                         f"| {'met' if ok else 'MISSED'} |")
+    lines.append("")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     data = load(argv[1])
     r = rates(data)
-    out = ["### Machine", "", *machine(data), "", f"Reproduce: `{COMMAND}`", ""]
+    out = ["### Machine", "", *machine(data), ""]
+    if r:
+        out += [f"Reproduce: `{COMMAND}`", ""]
     for w in WORKLOADS:
         if w in r:
             out += workload_table(w, r[w])
     out += add_table(data)
-    out += ["#### Targets (ratios of median items/s, this run)", "", *targets(r)]
+    if r:
+        out += ["#### Targets (ratios of median items/s, this run)", "", *targets(r)]
+    if handoff_rows(data, "HANDOFF") or handoff_rows(data, "IDLE"):
+        out += [f"Reproduce the hand-off tables alone: `{HANDOFF_COMMAND}`", ""]
+        out += handoff_table(data) + idle_table(data) + handoff_targets(data)
     print("\n".join(out))
     return 0
 
