@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dmq_helpers import Worker, udp_port, uri, workers
 from fix_kamailio import kamailio, kamailio_bin  # noqa: F401 - fixtures
 
-from pymqueue.dmq import IncomingRequest, NodeStatus
-from pymqueue.dmq.aio import BusThread
+from pymqueue.dmq import BusThread, IncomingRequest, NodeStatus
 
 FAST = {"ping_interval": 5.0, "fr_timer": 1.0}
 

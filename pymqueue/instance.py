@@ -4,7 +4,7 @@ Kamailio creates its queues when it starts and (for ``dbmode`` 1/3) saves them w
 An :class:`Instance` does the same for pymqueue: :meth:`Instance.start` creates every queue
 of the config (or attaches to it when it already exists), loads the ``dbmode`` 1/2 queues
 from the database, starts the RPC server and, with a ``[dmq]`` table, joins the DMQ bus
-(:class:`~pymqueue.dmq.aio.BusThread`, with ``dmq.list_nodes``/``dmq.remove`` on the RPC
+(:class:`~pymqueue.dmq.BusThread`, with ``dmq.list_nodes``/``dmq.remove`` on the RPC
 server); :meth:`Instance.stop` leaves the bus, stops the RPC server,
 saves the ``dbmode`` 1/3 queues, closes the queues and unlinks the ones it created.
 Application processes simply attach to the queues by name (``Queue(name)``).
@@ -30,7 +30,7 @@ from pymqueue.errors import ConfigError, QueueClosed, QueueNotFound
 if TYPE_CHECKING:
     from pymqueue._queue import Queue
     from pymqueue.db import Persistence
-    from pymqueue.dmq.aio import BusThread
+    from pymqueue.dmq import BusThread
     from pymqueue.dmq.core import DmqConfig
     from pymqueue.rpc import RpcServer
 
@@ -179,7 +179,7 @@ class Instance:
 
     def _start_dmq(self, dmq_config: DmqConfig) -> None:
         """Run the DMQ bus in a background thread; add ``dmq.*`` to the RPC server."""
-        from pymqueue.dmq.aio import BusThread  # noqa: PLC0415
+        from pymqueue.dmq import BusThread  # noqa: PLC0415
         from pymqueue.dmq.rpc import register_dmq_rpc  # noqa: PLC0415
 
         bus = BusThread(config=dmq_config)

@@ -19,8 +19,7 @@ import json
 import sys
 from typing import Any
 
-from pymqueue.dmq import IncomingRequest, NodeDown, NodeStatus, NodeUp, PeerReply
-from pymqueue.dmq.aio import Bus
+from pymqueue.dmq import Bus, IncomingRequest, NodeDown, NodeStatus, NodeUp, PeerReply
 from pymqueue.errors import DmqError, DmqTimeout
 
 

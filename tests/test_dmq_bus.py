@@ -1,4 +1,4 @@
-"""The asyncio DMQ bus (pymqueue.dmq.aio): real processes and real UDP sockets on 127.0.0.1.
+"""The asyncio DMQ bus (Bus, BusThread): real processes and real UDP sockets on 127.0.0.1.
 
 Nodes in child processes are tests/dmq_worker.py (see dmq_helpers.py). Every wait is on an
 event, a pipe or a status change with a deadline. Timers: ping_interval 5 s (the minimum),
@@ -23,8 +23,18 @@ from dmq_helpers import IP, Workers, udp_port, uri, workers
 from fix_postgres import free_port
 
 from pymqueue.config import config_from_dict
-from pymqueue.dmq import IncomingRequest, NodeDown, NodeId, NodeStatus, NodeUp, PeerReply
-from pymqueue.dmq.aio import Bus, BusThread, to_reply
+from pymqueue.dmq import (
+    Bus,
+    BusThread,
+    EventStream,
+    IncomingRequest,
+    NodeDown,
+    NodeId,
+    NodeStatus,
+    NodeUp,
+    PeerReply,
+    to_reply,
+)
 from pymqueue.errors import ConfigError, DmqError, DmqNodeNotFound, DmqTimeout
 from pymqueue.instance import Instance
 
@@ -210,6 +220,34 @@ def test_bind_error_is_dmq_error() -> None:
         bt = BusThread(uri(port), None, **FAST)
         with pytest.raises(DmqError, match="cannot bind"):
             bt.start()
+
+
+def test_event_stream_is_bounded_and_drops_oldest() -> None:
+    async def run() -> None:
+        subscribers: list[EventStream] = []
+        stream = EventStream(subscribers, closed=False, maxsize=2)
+        assert subscribers == [stream]
+        a, b, c = (NodeUp(NodeId(IP, str(p))) for p in (5001, 5002, 5003))
+        for ev in (a, b, c):
+            stream._put(ev)
+        assert stream.dropped == 1
+        stream._put(None)  # the end of the stream always gets in, pushing out the oldest
+        assert stream.dropped == 2
+        assert [ev async for ev in stream] == [c]
+        assert subscribers == []
+        with pytest.raises(ValueError, match="maxsize"):
+            EventStream(subscribers, closed=False, maxsize=0)
+
+    asyncio.run(run())
+
+
+def test_importing_the_package_starts_nothing() -> None:
+    code = (
+        "import threading, pymqueue.dmq as d\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert d.Bus and d.BusThread and d.DmqProtocol and d.EventStream and d.BusStats\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
 # -- instance, RPC and CLI ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""pymqueue's DMQ bus (pymqueue.dmq.aio) on one bus with two real Kamailio 5.6.3 nodes.
+"""pymqueue's DMQ bus (pymqueue.dmq.BusThread) on one bus with two real Kamailio 5.6.3 nodes.
 
 K1 (no notification address) and K2 (notification address K1) run the script below, with
 ``ping_interval`` 5 (Kamailio's minimum) and tm ``fr_timer`` 2 s so failures show quickly.
@@ -20,8 +20,7 @@ import pytest
 from dmq_helpers import Worker, udp_port, uri, workers
 from fix_kamailio import Kamailio, KamailioFactory, base_config
 
-from pymqueue.dmq import IncomingRequest, NodeStatus, PeerReply
-from pymqueue.dmq.aio import BusThread
+from pymqueue.dmq import BusThread, IncomingRequest, NodeStatus, PeerReply
 from pymqueue.dmq.rpc import list_nodes_result
 
 pytestmark = pytest.mark.kamailio

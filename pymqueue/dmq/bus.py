@@ -1,8 +1,7 @@
-"""The asyncio adapter of the DMQ core: :class:`DmqProtocol`, :class:`Bus` and :class:`BusThread`.
+"""The asyncio facade of the DMQ core: :class:`Bus`, its :class:`EventStream` and :class:`NodeInfo`.
 
-Modelled on aioquic's ``QuicConnectionProtocol``: :class:`DmqProtocol` owns the UDP socket and
-one timer (``loop.call_at(core.get_timer())``) and feeds :class:`~pymqueue.dmq.DmqCore` with
-``loop.time()``; everything the protocol does is in the core. :class:`Bus` is the facade::
+:class:`Bus` binds a :class:`~pymqueue.dmq.DmqProtocol` (the socket and the timer) to a
+:class:`~pymqueue.dmq.DmqCore` and turns the core's events into awaitable results::
 
     async with Bus("sip:127.0.0.1:5099", "sip:127.0.0.1:5091", ping_interval=5) as bus:
         bus.register("mqueue", lambda req: (200, "OK"))      # sync or async handler
@@ -16,23 +15,20 @@ to) a :class:`~pymqueue.dmq.PeerReply`, a ``(code, reason[, body[, content_type]
 without a content type is sent as ``text/plain``. It runs once
 per request: retransmissions are answered from the core's reply cache.
 
-:class:`BusThread` runs a :class:`Bus` in a background thread with its own event loop and
-offers blocking ``broadcast``/``send``/``nodes``/``stop`` for code that is not async; its
-handlers run in that thread.
+For code that is not async, :class:`~pymqueue.dmq.BusThread` (in :mod:`pymqueue.dmq.thread`)
+runs a :class:`Bus` in a background thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import inspect
-import logging
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
+from pymqueue.dmq._common import BusStats, NodeRef, log, node_id
 from pymqueue.dmq.core import DmqConfig, DmqCore, IncomingRequest, PeerReply
 from pymqueue.dmq.events import (
     DatagramDropped,
@@ -46,28 +42,27 @@ from pymqueue.dmq.events import (
     TransactionTimedOut,
 )
 from pymqueue.dmq.nodes import NodeId, NodeStatus
-from pymqueue.errors import ConfigError, DmqError, DmqNodeNotFound, DmqProtocolError, DmqTimeout
+from pymqueue.dmq.protocol import DmqProtocol
+from pymqueue.errors import ConfigError, DmqError, DmqTimeout
 
 __all__ = [
+    "EVENT_STREAM_MAXSIZE",
     "Bus",
     "BusHandler",
-    "BusStats",
-    "BusThread",
-    "DmqProtocol",
     "EventStream",
     "NodeInfo",
     "ReplyLike",
     "Result",
+    "to_reply",
 ]
-
-log = logging.getLogger("pymqueue.dmq")
 
 ReplyLike = PeerReply | tuple[Any, ...] | int | bytes | str | None
 BusHandler = Callable[[IncomingRequest], ReplyLike | Awaitable[ReplyLike]]
 Result = PeerReply | DmqTimeout
 """Outcome of a request to one node: its final reply, or the timeout (as an exception)."""
-NodeRef = NodeId | str
-_T = TypeVar("_T")
+
+EVENT_STREAM_MAXSIZE = 1024
+"""Default bound of an :class:`EventStream`'s queue (see there for what happens when full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +73,6 @@ class NodeInfo:
     status: NodeStatus
     local: bool
     notification_address: bool
-
-
-@dataclass(slots=True)
-class BusStats:
-    """Counters of one bus (datagrams in/out, drops, handler failures)."""
-
-    received: int = 0
-    sent: int = 0
-    dropped: int = 0
-    handler_failures: int = 0
-    send_errors: int = 0
 
 
 def to_reply(value: object) -> PeerReply:
@@ -121,117 +105,41 @@ def to_reply(value: object) -> PeerReply:
     raise TypeError(f"a handler returned {type(value).__name__}, not a reply")
 
 
-def _node(ref: NodeRef) -> NodeId:
-    if isinstance(ref, NodeId):
-        return ref
-    try:
-        return NodeId.parse(ref if ref.startswith("sip:") else "sip:" + ref)
-    except (DmqProtocolError, AttributeError) as exc:
-        raise DmqNodeNotFound(f"bad node URI {ref!r}: {exc}") from None
+class EventStream:
+    """An async iterator of bus events (see :meth:`Bus.events`).
 
-
-class DmqProtocol(asyncio.DatagramProtocol):
-    """Owns the UDP transport and the core's timer; the only code that does DMQ I/O."""
+    Its queue holds at most ``maxsize`` events. A consumer that falls that far behind loses
+    the **oldest** queued events: each new event then pushes the oldest one out and adds one
+    to :attr:`dropped` (a debug line is logged at the first drop). The bus never blocks on a
+    slow consumer, and the end of the stream (the bus stopping) is always delivered.
+    """
 
     def __init__(
         self,
-        core: DmqCore,
-        on_event: Callable[[DmqEvent], None],
-        stats: BusStats | None = None,
-        on_idle: Callable[[], None] | None = None,
+        subscribers: list[EventStream],
+        *,
+        closed: bool,
+        maxsize: int = EVENT_STREAM_MAXSIZE,
     ) -> None:
-        """``on_event`` gets every core event; ``on_idle`` (optional) runs after each batch."""
-        self.core = core
-        self._on_event = on_event
-        self._on_idle = on_idle
-        self.stats = stats if stats is not None else BusStats()
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self.closed = asyncio.Event()
-
-    # -- asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.stats.received += 1
-        self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), self._loop.time())
-        self.transmit()
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable & co: ignored, as Kamailio does (the transaction times out)
-        log.debug("dmq socket error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self._transport = None
-        self.closed.set()
-
-    # -- driving the core
-    @property
-    def now(self) -> float:
-        return self._loop.time()
-
-    def transmit(self) -> None:
-        """Send what the core queued, dispatch its events and re-arm the timer."""
-        core = self.core
-        transport = self._transport
-        for data, addr in core.datagrams_to_send(self._loop.time()):
-            if transport is None or transport.is_closing():
-                break
-            try:
-                transport.sendto(data, addr)
-                self.stats.sent += 1
-            except OSError as exc:  # pragma: no cover - sendto on UDP rarely raises
-                self.stats.send_errors += 1
-                log.debug("dmq sendto %s failed: %s", addr, exc)
-        while (event := core.next_event()) is not None:
-            try:
-                self._on_event(event)
-            except Exception:  # pragma: no cover - the bus's dispatcher does not raise
-                log.exception("dmq event dispatch failed")
-        if self._on_idle is not None:
-            self._on_idle()
-        self._arm()
-
-    def _arm(self) -> None:
-        when = self.core.get_timer()
-        if when == self._timer_at and self._timer is not None:
-            return
-        self._cancel_timer()
-        if when is not None and self._transport is not None:
-            self._timer_at = when
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._timer_at = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.core.handle_timer(self._loop.time())
-        self.transmit()
-
-    def close(self) -> None:
-        self._cancel_timer()
-        if self._transport is not None:
-            self._transport.close()
-
-
-class EventStream:
-    """An async iterator of bus events (see :meth:`Bus.events`)."""
-
-    def __init__(self, subscribers: list[asyncio.Queue[DmqEvent | None]], *, closed: bool) -> None:
-        self._queue: asyncio.Queue[DmqEvent | None] = asyncio.Queue()
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        self.maxsize = maxsize
+        self.dropped = 0
+        """Events lost because the queue was full (oldest first)."""
+        self._queue: asyncio.Queue[DmqEvent | None] = asyncio.Queue(maxsize)
         self._subscribers = subscribers
         self._done = closed
         if not closed:
-            subscribers.append(self._queue)
+            subscribers.append(self)
+
+    def _put(self, item: DmqEvent | None) -> None:
+        """Queue ``item`` (None = end of stream) without blocking; drop the oldest if full."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            if self.dropped == 1:
+                log.debug("dmq event stream full (%d): dropping the oldest events", self.maxsize)
+        self._queue.put_nowait(item)
 
     def __aiter__(self) -> EventStream:
         return self
@@ -248,7 +156,7 @@ class EventStream:
     def close(self) -> None:
         self._done = True
         with contextlib.suppress(ValueError):
-            self._subscribers.remove(self._queue)
+            self._subscribers.remove(self)
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -313,7 +221,7 @@ class Bus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, asyncio.Future[Result]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._subscribers: list[asyncio.Queue[DmqEvent | None]] = []
+        self._subscribers: list[EventStream] = []
         self._listeners: list[Callable[[DmqEvent], object]] = []
         self._watches: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._joined: asyncio.Event | None = None
@@ -398,8 +306,8 @@ class Bus:
         self._waiters.clear()
         for task in list(self._tasks):
             task.cancel()
-        for q in self._subscribers:
-            q.put_nowait(None)
+        for stream in self._subscribers:
+            stream._put(None)
         for _, w in self._watches:
             if not w.done():
                 w.set_exception(DmqError("the bus was stopped"))
@@ -453,7 +361,7 @@ class Bus:
         """
         protocol = self._require()
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        tid = self.core.send(channel, _node(node), data, content_type, protocol.now)
+        tid = self.core.send(channel, node_id(node), data, content_type, protocol.now)
         fut = self._waiter(tid)
         protocol.transmit()
         result = await fut
@@ -474,12 +382,12 @@ class Bus:
 
     def status(self, node: NodeRef) -> NodeStatus | None:
         """Status of ``node``, None if not in the list."""
-        return self.core.nodes.status(_node(node))
+        return self.core.nodes.status(node_id(node))
 
     def remove_node(self, node: NodeRef) -> None:
         """Forget a node (``dmq.remove``); it comes back with the next list naming it."""
         protocol = self._require()
-        self.core.remove_node(_node(node))
+        self.core.remove_node(node_id(node))
         protocol.transmit()
 
     async def wait_joined(self, timeout: float | None = None) -> None:
@@ -501,7 +409,7 @@ class Bus:
     ) -> NodeStatus | None:
         """Wait until ``node`` has ``status`` (None = absent; or one of several);
         :class:`DmqTimeout` after ``timeout``."""
-        nid = _node(node)
+        nid = node_id(node)
         wanted: set[NodeStatus | None] = (
             {status} if status is None or isinstance(status, NodeStatus) else set(status)
         )
@@ -515,12 +423,13 @@ class Bus:
             ) from None
         return self.core.nodes.status(nid)
 
-    def events(self) -> EventStream:
+    def events(self, maxsize: int = EVENT_STREAM_MAXSIZE) -> EventStream:
         """Membership events from now on (:class:`NodeUp`, :class:`NodeDown`,
         :class:`NodeStatusChanged`, :class:`Joined`), as an async iterator that ends when the
         bus stops. Subscribed at this call (not at the first ``anext``); ``close()`` it (or
-        leave ``async with``) to unsubscribe."""
-        return EventStream(self._subscribers, closed=self._state == "closed")
+        leave ``async with``) to unsubscribe. It queues at most ``maxsize`` events; a consumer
+        further behind loses the oldest ones (counted in :attr:`EventStream.dropped`)."""
+        return EventStream(self._subscribers, closed=self._state == "closed", maxsize=maxsize)
 
     # -- internals -------------------------------------------------------------------------
     def _dispatch(self, event: DmqEvent) -> None:
@@ -545,8 +454,8 @@ class Bus:
         if isinstance(event, Joined) and self._joined is not None:
             self._joined.set()
         if isinstance(event, NodeUp | NodeDown | NodeStatusChanged | Joined):
-            for q in self._subscribers:
-                q.put_nowait(event)
+            for stream in self._subscribers:
+                stream._put(event)
             for cb in list(self._listeners):
                 try:
                     cb(event)
@@ -611,154 +520,3 @@ class Bus:
             f"<pymqueue.dmq.Bus {self.config.server_address} {self._state} "
             f"nodes={len(self.core.nodes)} active={active} at {id(self):#x}>"
         )
-
-
-class BusThread:
-    """A :class:`Bus` running in a background thread with its own event loop.
-
-    Same arguments as :class:`Bus`. :meth:`start` joins and returns once the socket is bound;
-    the blocking methods take a ``timeout`` (None: wait for the bus's own timeouts)::
-
-        with BusThread("sip:127.0.0.1:5099", "sip:127.0.0.1:5091", ping_interval=5) as bus:
-            bus.register("mqueue", handler)       # runs in the bus thread
-            bus.broadcast("mqueue", b"x")
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.bus = Bus(*args, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self._stop_timeout: float | None = None
-
-    @property
-    def local(self) -> NodeId:
-        return self.bus.local
-
-    def register(self, channel: str, handler: BusHandler) -> None:
-        if self._loop is None:
-            self.bus.register(channel, handler)
-        else:
-            self._call(lambda: self.bus.register(channel, handler))
-
-    def add_listener(self, callback: Callable[[DmqEvent], object]) -> None:
-        """``callback(event)`` runs in the bus thread."""
-        if self._loop is None:
-            self.bus.add_listener(callback)
-        else:
-            self._call(lambda: self.bus.add_listener(callback))
-
-    def start(self, timeout: float = 10.0) -> BusThread:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(
-            target=self._run, name=f"pymqueue-dmq {self.bus.config.server_address}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise DmqTimeout(f"the bus thread did not start within {timeout}s")
-        if self._error is not None:
-            self._thread.join(timeout)
-            raise self._error
-        return self
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            try:
-                await self.bus.start()
-            except BaseException as exc:
-                self._error = exc
-                self._ready.set()
-                return
-            self._ready.set()
-            await self._stop.wait()
-            await self.bus.stop(self._stop_timeout)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # pragma: no cover - main() catches the start errors
-            log.exception("dmq bus thread crashed")
-            self._error = exc
-            self._ready.set()
-
-    def _submit(self, coro: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
-        loop = self._loop
-        if loop is None or self._thread is None or not self._thread.is_alive():
-            coro.close()
-            raise DmqError("the bus thread is not running")
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        done, _ = concurrent.futures.wait([fut], timeout)
-        if not done:
-            fut.cancel()
-            raise DmqTimeout(f"no result within {timeout}s")
-        return fut.result()
-
-    def _call(self, func: Callable[[], _T], timeout: float | None = 10.0) -> _T:
-        async def run() -> _T:
-            return func()
-
-        return self._submit(run(), timeout)
-
-    def broadcast(
-        self,
-        channel: str,
-        body: bytes | str,
-        content_type: str | None = "text/plain",
-        timeout: float | None = None,
-    ) -> dict[NodeId, Result]:
-        return self._submit(self.bus.broadcast(channel, body, content_type), timeout)
-
-    def send(
-        self,
-        channel: str,
-        node: NodeRef,
-        body: bytes | str,
-        content_type: str | None = "text/plain",
-        timeout: float | None = None,
-    ) -> PeerReply:
-        return self._submit(self.bus.send(channel, node, body, content_type), timeout)
-
-    def nodes(self) -> list[NodeInfo]:
-        return self._call(self.bus.nodes)
-
-    def status(self, node: NodeRef) -> NodeStatus | None:
-        return self._call(lambda: self.bus.status(node))
-
-    def remove_node(self, node: NodeRef) -> None:
-        self._call(lambda: self.bus.remove_node(node))
-
-    def wait_status(
-        self,
-        node: NodeRef,
-        status: NodeStatus | Iterable[NodeStatus | None] | None,
-        timeout: float | None = None,
-    ) -> NodeStatus | None:
-        return self._submit(self.bus.wait_status(node, status, timeout), None)
-
-    def wait_joined(self, timeout: float | None = None) -> None:
-        self._submit(self.bus.wait_joined(timeout), None)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Leave, wait for pending transactions (see :meth:`Bus.stop`), stop the thread."""
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None:
-            return
-        self._stop_timeout = timeout
-        if loop is not None and stop is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        thread.join()
-        self._thread = None
-
-    def __enter__(self) -> BusThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<pymqueue.dmq.BusThread {self.bus!r}>"

@@ -1,0 +1,40 @@
+"""What the asyncio adapters (:mod:`~pymqueue.dmq.protocol`, :mod:`~pymqueue.dmq.bus`,
+:mod:`~pymqueue.dmq.thread`) share: the ``pymqueue.dmq`` logger, :class:`BusStats` and
+:data:`NodeRef` with its parser. Imports only the core, so every adapter module can import it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pymqueue.dmq.nodes import NodeId
+from pymqueue.errors import DmqNodeNotFound, DmqProtocolError
+
+__all__ = ["BusStats", "NodeRef", "log", "node_id"]
+
+log = logging.getLogger("pymqueue.dmq")
+
+NodeRef = NodeId | str
+"""A node given as a :class:`~pymqueue.dmq.NodeId` or its URI (``sip:`` optional)."""
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters of one bus (datagrams in/out, drops, handler failures)."""
+
+    received: int = 0
+    sent: int = 0
+    dropped: int = 0
+    handler_failures: int = 0
+    send_errors: int = 0
+
+
+def node_id(ref: NodeRef) -> NodeId:
+    """``ref`` as a :class:`~pymqueue.dmq.NodeId`; :class:`DmqNodeNotFound` if unparsable."""
+    if isinstance(ref, NodeId):
+        return ref
+    try:
+        return NodeId.parse(ref if ref.startswith("sip:") else "sip:" + ref)
+    except (DmqProtocolError, AttributeError) as exc:
+        raise DmqNodeNotFound(f"bad node URI {ref!r}: {exc}") from None
