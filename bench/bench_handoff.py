@@ -16,11 +16,16 @@
   channel for ``IDLE_SECONDS``; its CPU time (user + sys, ``getrusage(RUSAGE_SELF)`` in the
   child, all threads) over the wall time it waited, as % of one core.
 
-Nothing is pinned to a CPU. The load average at the start of each test is recorded.
+The hand-off tests run three ways (parameter ``pin``): ``none`` (nothing pinned: the
+scheduler decides, and on a small VM it sometimes keeps both processes on one CPU and
+sometimes not, which moves every figure by 5-10x), ``same`` (both processes pinned to
+CPU 0) and ``split`` (initiator on CPU 0, responder on CPU 1). The idle-CPU test pins
+nothing. The load average at the start of each test is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -42,6 +47,9 @@ IDLE_SECONDS = 2.0
 READY_TIMEOUT = 30.0
 C_SOURCE = Path(__file__).with_name("futex_pingpong.c")
 C_SPINS_NS = [0, 20_000]
+PINS = {"none": (None, None), "same": (0, 0), "split": (0, 1)}
+if (os.cpu_count() or 1) < 2:
+    del PINS["split"]
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -71,8 +79,25 @@ def load_average() -> str:
 # ---- the responder ----------------------------------------------------------------------
 
 
-def _responder(impl: Handoff, n: int, ready: Any, result: Any, measure: bool) -> None:
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """This process on ``cpu`` (None: unchanged) for the duration."""
+    if cpu is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _responder(impl: Handoff, n: int, *, ready: Any, result: Any, measure: bool,
+               cpu: int | None) -> None:
     """Echo ``n`` items. ``measure``: send back (cpu seconds, wall seconds) of the echo."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     impl.child_init()
     ready.send(True)
     ready.close()
@@ -91,12 +116,14 @@ class Pair:
     """A forked responder, ready (endpoints open) before anything is timed; stopped by PID
     if it has not exited when the test is over."""
 
-    def __init__(self, impl: Handoff, n: int, measure: bool = False) -> None:
+    def __init__(self, impl: Handoff, n: int, measure: bool = False,
+                 cpu: int | None = None) -> None:
         self.impl = impl
         ready_r, ready_w = CTX.Pipe(duplex=False)
         self.result_r, result_w = CTX.Pipe(duplex=False)
-        self.proc = CTX.Process(target=_responder, args=(impl, n, ready_w, result_w, measure),
-                                daemon=True)
+        self.proc = CTX.Process(target=_responder, args=(impl, n), daemon=True,
+                                kwargs={"ready": ready_w, "result": result_w,
+                                        "measure": measure, "cpu": cpu})
         self.proc.start()
         ready_w.close()
         result_w.close()
@@ -141,23 +168,26 @@ KEYS = list(HANDOFFS)
 # ---- hand-off latency ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pin", list(PINS))
 @pytest.mark.parametrize("handoff", KEYS, indirect=True)
-def test_handoff(benchmark: Any, handoff: Handoff) -> None:
+def test_handoff(benchmark: Any, handoff: Handoff, pin: str) -> None:
     load = load_average()
-    pair = Pair(handoff, WARMUP + ROUND_TRIPS)
+    cpu_a, cpu_b = PINS[pin]
     samples: list[int] = []
-    try:
-        handoff.ping(WARMUP)
+    with pinned(cpu_a):
+        pair = Pair(handoff, WARMUP + ROUND_TRIPS, cpu=cpu_b)
+        try:
+            handoff.ping(WARMUP)
 
-        def timed() -> None:
-            samples.extend(handoff.ping(ROUND_TRIPS))
+            def timed() -> None:
+                samples.extend(handoff.ping(ROUND_TRIPS))
 
-        benchmark.pedantic(timed, rounds=1, iterations=1)
-        assert pair.result() is True
-    finally:
-        pair.stop()
+            benchmark.pedantic(timed, rounds=1, iterations=1)
+            assert pair.result() is True
+        finally:
+            pair.stop()
     benchmark.extra_info.update(workload="HANDOFF", impl=handoff.name, peer=handoff.peer,
-                                value_size=len(handoff.value), loadavg_start=load,
+                                pin=pin, value_size=len(handoff.value), loadavg_start=load,
                                 loadavg_end=load_average(), **summary(samples))
 
 
@@ -176,22 +206,24 @@ def futex_binary() -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.parametrize("pin", list(PINS))
 @pytest.mark.parametrize("spin_ns", C_SPINS_NS, ids=lambda s: f"spin{s // 1000}us")
-def test_handoff_c_futex(benchmark: Any, futex_binary: Path, spin_ns: int) -> None:
+def test_handoff_c_futex(benchmark: Any, futex_binary: Path, spin_ns: int, pin: str) -> None:
     load = load_average()
     out: list[str] = []
+    cpus = [str(-1 if c is None else c) for c in PINS[pin]]
 
     def run() -> None:
-        proc = subprocess.run([str(futex_binary), str(ROUND_TRIPS), str(WARMUP), str(spin_ns)],
-                              check=True, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([str(futex_binary), str(ROUND_TRIPS), str(WARMUP), str(spin_ns),
+                               *cpus], check=True, capture_output=True, text=True, timeout=300)
         out.append(proc.stdout)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     figures = {k: float(v) for k, v in (f.split("=") for f in out[0].split())}
     label = "C futex reference" + (f" (spin {spin_ns // 1000} us)" if spin_ns else "")
     benchmark.extra_info.update(workload="HANDOFF", impl=label, peer=False, reference=True,
-                                value_size=0, loadavg_start=load, loadavg_end=load_average(),
-                                **figures)
+                                pin=pin, value_size=0, loadavg_start=load,
+                                loadavg_end=load_average(), **figures)
 
 
 # ---- idle CPU ----------------------------------------------------------------------------

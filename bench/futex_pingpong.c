@@ -1,12 +1,13 @@
 /* C futex ping-pong: the reference for the hand-off benchmark (bench/bench_handoff.py).
  *
- *     futex_pingpong ROUND_TRIPS WARMUP SPIN_NS
+ *     futex_pingpong ROUND_TRIPS WARMUP SPIN_NS [CPU_A CPU_B]
  *
  * Two processes (fork) share an anonymous mapping with two 32-bit sequence words: A stores
  * i in `ping` and wakes B; B waits until `ping` is i, stores i in `pong` and wakes A; A times
  * each round trip with CLOCK_MONOTONIC. A waiter first watches its word for up to SPIN_NS
  * (0: never spins), then announces itself in a waiter count and sleeps in FUTEX_WAIT; a poster
  * calls FUTEX_WAKE only when the count says someone may sleep. No payload is copied.
+ * CPU_A / CPU_B (optional, -1: not pinned): the CPU each process is pinned to after fork.
  * Prints one line: round_trips=... median_ns=... p90_ns=... p99_ns=... mean_ns=... min_ns=...
  * max_ns=...
  */
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -84,6 +86,18 @@ static void post(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t val
     }
 }
 
+static void pin(long cpu) {
+    if (cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) == -1) {
+        perror("sched_setaffinity");
+        exit(1);
+    }
+}
+
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
@@ -95,13 +109,15 @@ static uint64_t pct(const uint64_t *sorted, long n, double p) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s ROUND_TRIPS WARMUP SPIN_NS\n", argv[0]);
+    if (argc != 4 && argc != 6) {
+        fprintf(stderr, "usage: %s ROUND_TRIPS WARMUP SPIN_NS [CPU_A CPU_B]\n", argv[0]);
         return 2;
     }
     long n = strtol(argv[1], NULL, 10);
     long warm = strtol(argv[2], NULL, 10);
     long spin_ns = strtol(argv[3], NULL, 10);
+    long cpu_a = argc == 6 ? strtol(argv[4], NULL, 10) : -1;
+    long cpu_b = argc == 6 ? strtol(argv[5], NULL, 10) : -1;
     if (n <= 0 || warm < 0 || spin_ns < 0 || n + warm >= (long)UINT32_MAX) {
         fprintf(stderr, "bad arguments\n");
         return 2;
@@ -121,6 +137,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (pid == 0) { /* B: echo every ping */
+        pin(cpu_b);
         for (uint32_t i = 1; i <= total; i++) {
             wait_for(&sh->ping, &sh->ping_waiters, i, spin_ns);
             post(&sh->pong, &sh->pong_waiters, i);
@@ -128,6 +145,7 @@ int main(int argc, char **argv) {
         _exit(0);
     }
 
+    pin(cpu_a);
     uint64_t *rt = malloc((size_t)n * sizeof *rt);
     if (rt == NULL) {
         perror("malloc");
