@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - the bench extra installs it
 
 KEY = b"k" * 16
 BATCH = 256
-WAIT_SLICE_NS = 50_000_000  # the facade's wait slice (pymqueue._queue.WAIT_SLICE)
+WAIT_SLICE_NS = 50_000_000  # the facade's wait slice (pymqueue.queue._engine.WAIT_SLICE)
 CTX = multiprocessing.get_context("fork")
 DEFAULT_CAPACITY = 16 * 1024 * 1024  # pymqueue's default ring, and faster-fifo's here
 

@@ -32,19 +32,22 @@ from pymqueue.errors import (
 )
 
 if TYPE_CHECKING:
-    from pymqueue._aio import AsyncQueue
-    from pymqueue._queue import AddMode, Overflow, Queue, QueueStats, list_queues, unlink
+    from pymqueue.instance import Instance
+    from pymqueue.queue.aio import AsyncQueue
+    from pymqueue.queue.sync import Queue, list_queues, unlink
+    from pymqueue.queue.types import AddMode, Overflow, QueueStats
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Queue": "pymqueue._queue",
-    "QueueStats": "pymqueue._queue",
-    "Overflow": "pymqueue._queue",
-    "AddMode": "pymqueue._queue",
-    "list_queues": "pymqueue._queue",
-    "unlink": "pymqueue._queue",
-    "AsyncQueue": "pymqueue._aio",
+    "Queue": "pymqueue.queue.sync",
+    "list_queues": "pymqueue.queue.sync",
+    "unlink": "pymqueue.queue.sync",
+    "QueueStats": "pymqueue.queue.types",
+    "Overflow": "pymqueue.queue.types",
+    "AddMode": "pymqueue.queue.types",
+    "AsyncQueue": "pymqueue.queue.aio",
+    "Instance": "pymqueue.instance",
 }
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "Empty",
     "Error",
     "Full",
+    "Instance",
     "InvalidSegment",
     "ItemTooLarge",
     "LockTimeout",

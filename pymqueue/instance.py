@@ -24,14 +24,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from pymqueue.config import DbMode, InstanceConfig, QueueDef, load_config
+from pymqueue._text import display, to_bytes
+from pymqueue.config import InstanceConfig, load_config
+from pymqueue.definitions import DbMode, QueueDef
 from pymqueue.errors import ConfigError, QueueClosed, QueueNotFound
 
 if TYPE_CHECKING:
-    from pymqueue._queue import Queue
     from pymqueue.db import Persistence
     from pymqueue.dmq import BusThread
     from pymqueue.dmq.core import DmqConfig
+    from pymqueue.queue.sync import Queue
     from pymqueue.rpc import RpcServer
 
 __all__ = ["Instance"]
@@ -88,10 +90,10 @@ class Instance:
 
     def queue(self, name: str | bytes) -> Queue:
         """The queue defined under ``name`` (exact bytes); :class:`QueueNotFound` otherwise."""
-        raw = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+        raw = to_bytes(name)
         q = self._queues.get(raw)
         if q is None:
-            text = raw.decode("utf-8", "replace")
+            text = display(raw)
             if not self._started:
                 raise QueueClosed(f"instance is not started (queue {text!r})", queue=text)
             raise QueueNotFound(f"No such queue: {text!r}", queue=text)
@@ -99,11 +101,11 @@ class Instance:
 
     def definition(self, name: str | bytes) -> QueueDef:
         """The :class:`QueueDef` of ``name``; :class:`QueueNotFound` if not defined."""
-        raw = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+        raw = to_bytes(name)
         for qdef in self.config.queues:
             if qdef.name == raw:
                 return qdef
-        text = raw.decode("utf-8", "replace")
+        text = display(raw)
         raise QueueNotFound(f"No such queue: {text!r}", queue=text)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -114,7 +116,7 @@ class Instance:
         Attaching to a queue whose settings differ from the definition raises
         :class:`~pymqueue.ConfigError` (a segment cannot be resized or re-moded).
         """
-        from pymqueue._queue import Queue  # noqa: PLC0415
+        from pymqueue.queue.sync import Queue  # noqa: PLC0415
 
         q = Queue(
             qdef.name,

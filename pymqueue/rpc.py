@@ -1,6 +1,8 @@
-"""The RPC endpoint: Kamailio's ``mqueue.*`` RPC commands over JSON-RPC 2.0, like ``jsonrpcs``.
+"""The RPC endpoint: a generic JSON-RPC 2.0 server shaped like Kamailio's ``jsonrpcs``.
 
-:class:`RpcServer` holds a registry of methods, answers them in-process (:meth:`RpcServer.call`)
+:class:`RpcServer` holds a registry of methods (``system.*`` built in; Kamailio's
+``mqueue.*`` from :mod:`pymqueue.kamailio.rpc_methods`, ``dmq.*`` from
+:mod:`pymqueue.dmq.rpc`), answers them in-process (:meth:`RpcServer.call`)
 and, when started, over two transports shaped like Kamailio 5.6.3's ``jsonrpcs`` module, so a
 client written for Kamailio works unchanged:
 
@@ -12,7 +14,7 @@ client written for Kamailio works unchanged:
   as with Kamailio). The socket file is created mode 0660 and unlinked by :meth:`stop`.
 
 What the wire accepts (measured against the real 5.6.3 ``jsonrpcs``; ``docs/kamailio.md``,
-section "RPC (rpc.py)", lists every divergence):
+section "RPC (rpc.py, kamailio/rpc_methods.py)", lists every divergence):
 
 * ``params`` may be a list (positional) or an object. Like ``jsonrpcs``, an object's member
   *values* are taken in document order and the names are ignored (``{"name": "r1"}`` works, R26).
@@ -37,13 +39,6 @@ section "RPC (rpc.py)", lists every divergence):
   something else than :class:`~pymqueue.errors.RpcError` yields ``-32603 Internal error``
   (logged) and the server carries on.
 
-Values are bytes. A key, value or queue name that is valid UTF-8 comes out as a JSON string,
-exactly Kamailio's shape (NUL and control characters JSON-escaped). One that is not valid UTF-8
-(Kamailio prints the raw bytes, which is not JSON) comes out as text with U+FFFD replacing the
-bad bytes **plus** a ``<field>_b64`` member holding the exact bytes in base64, so a fetched item
-is never lost: ``{"key": "k", "val": "a\\ufffd", "val_b64": "YYA="}``. In a request, a queue name
-is encoded as UTF-8 with ``surrogateescape`` (``"q\\udcff"`` names the queue ``b"q\\xff"``).
-
 Concurrency model (why threads and not asyncio): the methods call the shared-memory engine,
 whose calls may block briefly on a lock held by another process; in threads they run without
 stalling other clients, and ``http.server`` gives a well-tested HTTP/1.1 parser (line and
@@ -57,10 +52,8 @@ one at a time, like Kamailio's single ``jsonrpcs`` dgram process.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import enum
 import errno
 import http.server
 import inspect
@@ -73,10 +66,11 @@ import socketserver
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pymqueue.errors import ConfigError, RpcError
+from pymqueue.kamailio.rpc_methods import InstanceLike, register_mqueue_rpc
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -100,26 +94,6 @@ DEFAULT_MAX_REQUEST_SIZE = 1 << 20
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 256
 _DGRAM_SNDBUF = 4 << 20
-
-
-class _QueueLike(Protocol):
-    """What the methods need from a :class:`pymqueue.Queue`."""
-
-    @property
-    def raw_name(self) -> bytes: ...
-
-    def size(self) -> int: ...
-
-    def fetch(self, timeout: float | None = 0) -> tuple[bytes, bytes] | None: ...
-
-    def stats(self) -> Any: ...
-
-
-class _InstanceLike(Protocol):
-    """What the server needs from a :class:`pymqueue.instance.Instance`."""
-
-    @property
-    def queues(self) -> Mapping[str, Any]: ...
 
 
 class _RpcConfigLike(Protocol):
@@ -149,40 +123,6 @@ class Reply:
 
 
 # ---------------------------------------------------------------------------------------------
-# Text encoding of bytes (keys, values, queue names)
-
-
-def _bytes_fields(field: str, data: bytes) -> dict[str, str]:
-    """``{field: text}``, plus ``{field_b64: exact bytes}`` when ``data`` is not UTF-8."""
-    try:
-        return {field: data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {
-            field: data.decode("utf-8", errors="replace"),
-            field + "_b64": base64.b64encode(data).decode("ascii"),
-        }
-
-
-def _name_bytes(name: str) -> bytes | None:
-    try:
-        return name.encode("utf-8", errors="surrogateescape")
-    except UnicodeEncodeError:
-        return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, enum.IntEnum):
-        return int(value)
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
 # The server
 
 
@@ -190,8 +130,10 @@ class RpcServer:
     """A registry of RPC methods, callable in-process and served over HTTP and a Unix socket.
 
     ``instance`` supplies ``queues`` (a mapping of queue handles in Kamailio registry order,
-    newest definition first); ``config`` says where to listen (``http=(host, port)``, port 0
-    picks a free one; ``unix=path``); either may be ``None``. The keyword arguments bound what
+    newest definition first) to the ``mqueue.*`` methods, which every server carries, as a
+    Kamailio with ``mqueue`` loaded does (see :mod:`pymqueue.kamailio.rpc_methods`);
+    ``config`` says where to listen (``http=(host, port)``, port 0 picks a free one;
+    ``unix=path``); either may be ``None``. The keyword arguments bound what
     one client can cost: ``max_request_size`` bytes per request, ``request_timeout`` seconds to
     send a whole request (also the keep-alive idle limit), ``max_connections`` served at once.
     ``pretty`` indents replies with tabs like ``jsonrpcs`` (whitespace is not significant).
@@ -201,7 +143,7 @@ class RpcServer:
 
     def __init__(
         self,
-        instance: _InstanceLike | None,
+        instance: InstanceLike | None,
         config: _RpcConfigLike | None = None,
         *,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
@@ -223,6 +165,7 @@ class RpcServer:
         self._http_thread: threading.Thread | None = None
         self._dgram: _DgramServer | None = None
         self._register_builtins()
+        register_mqueue_rpc(self, instance)
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -461,14 +404,6 @@ class RpcServer:
             self._method_signature,
             "Return the signature of a method (not implemented, like Kamailio).",
         )
-        self.register("mqueue.get_size", self._get_size, "Get size of mqueue.")
-        self.register("mqueue.get_sizes", self._get_sizes, "Get sizes of all mqueues.")
-        self.register("mqueue.fetch", self._fetch, "Fetch an element from the queue.")
-        self.register(
-            "mqueue.stats",
-            self._stats,
-            "Get the counters of one mqueue, or of all mqueues (pymqueue extension).",
-        )
 
     def _list_methods(self, *_: Any) -> list[str]:
         return self.methods()
@@ -484,60 +419,6 @@ class RpcServer:
 
     def _method_signature(self, *_: Any) -> Any:
         raise RpcError(500, "Not Implemented Yet")
-
-    def _queues(self) -> Iterator[_QueueLike]:
-        if self.instance is None:
-            return iter(())
-        return iter(list(self.instance.queues.values()))
-
-    def _find(self, args: tuple[Any, ...], code: int, not_found: int) -> _QueueLike:
-        """The queue named by the first parameter, with Kamailio's error codes and texts."""
-        if not args or not isinstance(args[0], str):
-            raise RpcError(code, "No queue name")
-        if not args[0]:
-            raise RpcError(code, "Invalid queue name")
-        wanted = _name_bytes(args[0])
-        for queue in self._queues():
-            if queue.raw_name == wanted:
-                return queue
-        log.info("mqueue RPC: no such mqueue %r", args[0])
-        raise RpcError(not_found, "No such queue")
-
-    def _get_size(self, *args: Any) -> dict[str, Any]:
-        queue = self._find(args, 400, 404)
-        return {**_bytes_fields("name", queue.raw_name), "size": queue.size()}
-
-    def _get_sizes(self, *_: Any) -> list[dict[str, Any]]:
-        return [{**_bytes_fields("name", q.raw_name), "size": q.size()} for q in self._queues()]
-
-    def _fetch(self, *args: Any) -> dict[str, Any]:
-        queue = self._find(args, 500, 500)
-        item = queue.fetch(timeout=0)
-        if item is None:
-            raise RpcError(404, "Empty queue")
-        key, val = item
-        # Divergence: Kamailio answers 500 "Unexpected error (result)" for an empty key or
-        # value and loses the item; we return it ("" strings).
-        return {**_bytes_fields("key", key), **_bytes_fields("val", val)}
-
-    def _stats(self, *args: Any) -> Any:
-        if args:
-            return self._queue_stats(self._find(args, 400, 404))
-        return [self._queue_stats(q) for q in self._queues()]
-
-    @staticmethod
-    def _queue_stats(queue: _QueueLike) -> dict[str, Any]:
-        stats = queue.stats()
-        fields: dict[str, Any] = (
-            dataclasses.asdict(stats)
-            if dataclasses.is_dataclass(stats) and not isinstance(stats, type)
-            else dict(vars(stats))
-        )
-        return {
-            **_bytes_fields("name", queue.raw_name),
-            **{k: _jsonable(v) for k, v in fields.items()},
-        }
-
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")

@@ -17,13 +17,13 @@ from pymqueue._pmq_c import lib
 from queue_helpers import unique_name
 
 import pymqueue
-from pymqueue import _binding
+from pymqueue.queue import _engine
 
 
 def shm_path(name: str) -> Path:
     return (
         Path("/dev/shm")
-        / _binding.shm_name(name.encode(), os.environ["PYMQUEUE_NAMESPACE"]).decode()[1:]
+        / _engine.shm_name(name.encode(), os.environ["PYMQUEUE_NAMESPACE"]).decode()[1:]
     )
 
 

@@ -42,7 +42,7 @@ from pymqueue.db.url import DbUrl, parse_db_url
 from pymqueue.errors import ConfigError, DatabaseError, Error
 
 if TYPE_CHECKING:
-    from pymqueue.config import QueueDef
+    from pymqueue.definitions import QueueDef
 
 __all__ = ["Persistence", "SaveReport"]
 

@@ -1,4 +1,12 @@
-"""``pymqueue ls | stats | unlink | demo``: the queues on this host, and the README's demo."""
+"""The queues on this host, worked on in shared memory directly (no server needed): the
+README's "Queues" commands, and its demo.
+
+* ``ls``, ``stats NAME``, ``unlink NAME``: list, observe and remove queues.
+* ``get_size NAME``, ``get_sizes``, ``fetch NAME``: the ``mqueue.*`` RPCs done directly on the
+  shared memory, printed as ``kamcmd`` prints them, or as JSON with ``--json``. Unlike
+  ``kamcmd``, an error gives a non-zero exit status (1).
+* ``demo``: producers and consumers on one queue, persisted to SQLite between runs.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,20 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from pymqueue._queue import Queue, list_queues, unlink
-from pymqueue.config import DbMode, InstanceConfig, QueueDef
+from pymqueue._text import json_bytes_fields
+from pymqueue.cli._common import (
+    check_name,
+    config_names,
+    emit_json,
+    emit_struct,
+    namespace_of,
+    run_rpc_like,
+)
+from pymqueue.config import InstanceConfig
+from pymqueue.definitions import DbMode, QueueDef
+from pymqueue.errors import QueueNotFound, RpcError
 from pymqueue.instance import Instance
+from pymqueue.queue.sync import Queue, list_queues, unlink
 
 DEMO_QUEUE = "demo"
 DEMO_DB = "pymqueue-demo.db"
@@ -35,6 +54,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("--namespace", default=None)
     p.set_defaults(func=cmd_unlink)
+
+    def kamcmd_like(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", metavar="FILE", help="use the queues of this config")
+        p.add_argument("--namespace", help="shared-memory namespace (overrides the config)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of kamcmd text")
+
+    p = subparsers.add_parser("get_size", help="item count of one queue (mqueue.get_size)")
+    p.add_argument("name")
+    kamcmd_like(p)
+    p.set_defaults(func=cmd_get_size)
+
+    p = subparsers.add_parser("get_sizes", help="item counts of all queues (mqueue.get_sizes)")
+    kamcmd_like(p)
+    p.set_defaults(func=cmd_get_sizes)
+
+    p = subparsers.add_parser("fetch", help="take the oldest item of a queue (mqueue.fetch)")
+    p.add_argument("name")
+    kamcmd_like(p)
+    p.set_defaults(func=cmd_fetch)
 
     p = subparsers.add_parser(
         "demo",
@@ -95,6 +133,73 @@ def cmd_unlink(args: argparse.Namespace) -> int:
         print(f"pymqueue: error: no queue {args.name!r}", file=sys.stderr)
         return 1
     return 0
+
+
+# ---- the mqueue.* RPCs, on the shared memory ---------------------------------------------
+
+
+def _attach(name: bytes, namespace: str | None, unknown_code: int) -> Queue:
+    try:
+        return Queue(name, create=False, namespace=namespace)
+    except QueueNotFound:
+        raise RpcError(unknown_code, "No such queue") from None
+
+
+def cmd_get_size(args: argparse.Namespace) -> int:
+    def body() -> None:
+        raw = check_name(args, 400, 404)
+        q = _attach(raw, namespace_of(args), 404)
+        try:
+            size = q.size()
+        finally:
+            q.close()
+        if args.json:
+            emit_json({**json_bytes_fields("name", raw), "size": size})
+        else:
+            emit_struct({"name": raw, "size": size})
+
+    return run_rpc_like(args, body)
+
+
+def cmd_get_sizes(args: argparse.Namespace) -> int:
+    def body() -> None:
+        namespace = namespace_of(args)
+        names = config_names(args)
+        if names is None:
+            names = sorted(os.fsencode(n) for n in list_queues(namespace))
+        result: list[tuple[bytes, int]] = []
+        for raw in names:
+            q = _attach(raw, namespace, 404)
+            try:
+                result.append((raw, q.size()))
+            finally:
+                q.close()
+        if args.json:
+            emit_json([{**json_bytes_fields("name", raw), "size": size} for raw, size in result])
+        else:
+            for raw, size in result:
+                emit_struct({"name": raw, "size": size})
+
+    return run_rpc_like(args, body)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    def body() -> None:
+        raw = check_name(args, 500, 500)
+        q = _attach(raw, namespace_of(args), 500)
+        try:
+            item = q.fetch(timeout=0)
+        finally:
+            q.close()
+        if item is None:
+            raise RpcError(404, "Empty queue")
+        key, val = bytes(item[0]), bytes(item[1])
+        if args.json:
+            emit_json({**json_bytes_fields("key", key), **json_bytes_fields("val", val)})
+        else:
+            emit_struct({"key": key, "val": val})
+
+    return run_rpc_like(args, body)
 
 
 # ---- demo --------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The ``pymqueue`` command.
 
-Each area of the package keeps its subcommands in a module of its own that defines
-``register(subparsers)``; this file only lists those modules and dispatches.
+Each area keeps its subcommands in a module of its own, one per README section, that defines
+``register(subparsers)``: :mod:`~pymqueue.cli.queue` (``ls``, ``stats``, ``unlink``,
+``get_size``, ``get_sizes``, ``fetch``, ``demo``), :mod:`~pymqueue.cli.serve` (``serve``),
+:mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``); what they share is in
+:mod:`~pymqueue.cli._common`. This file only lists those modules and dispatches.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pymqueue.errors import Error
 # Modules that add subcommands; each has register(subparsers) and sets `func` on its parsers
 # (func(args) -> int exit status).
 _COMMAND_MODULES = [
-    "pymqueue._cli_queue",
-    "pymqueue._cli_kamailio",
-    "pymqueue._cli_dmq",
+    "pymqueue.cli.queue",
+    "pymqueue.cli.serve",
+    "pymqueue.cli.dmq",
 ]
 
 

@@ -33,10 +33,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
+from pymqueue._text import display, name_bytes, name_text, to_bytes
 from pymqueue.errors import Error, QueueNotFound
 
 if TYPE_CHECKING:
-    from pymqueue._queue import Queue
+    from pymqueue.queue.sync import Queue
 
 __all__ = [
     "NULL_TEXT",
@@ -74,15 +75,6 @@ class _HasQueue(Protocol):
 Lookup: TypeAlias = "_HasQueue | Mapping[bytes, Queue] | Mapping[str, Queue] | Callable[[bytes], Queue | None] | None"  # noqa: E501
 
 
-def _b(value: Data) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-
-
-def _name(value: Name) -> bytes:
-    # queue names: like the engine, str is UTF-8 with surrogateescape
-    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
-
-
 def pv_text(value: bytes | int | None) -> bytes:
     """Render a PV value as Kamailio prints it in a format string (``$null`` → ``<null>``)."""
     if value is None:
@@ -103,7 +95,7 @@ class _AttachLookup:
         q = self._cache.get(name)
         if q is not None:
             return q
-        from pymqueue._queue import Queue  # noqa: PLC0415
+        from pymqueue.queue.sync import Queue  # noqa: PLC0415
 
         try:
             q = Queue(name, create=False, namespace=self._namespace)
@@ -158,7 +150,7 @@ class ScriptApi:
             table = cast("Mapping[object, Queue]", lookup)
             found = table.get(name)
             if found is None:
-                found = table.get(name.decode("utf-8", "surrogateescape"))
+                found = table.get(name_text(name))
             return found
         if hasattr(lookup, "queue"):
             try:
@@ -178,25 +170,25 @@ class ScriptApi:
 
     def mq_add(self, q: Name, key: Data, value: Data) -> int:
         """Append ``(key, value)``; 1 on success (see the module doc), -1 on failure."""
-        name, k, v = _name(q), _b(key), _b(value)
+        name, k, v = name_bytes(q), to_bytes(key), to_bytes(value)
         for what, data in (("name", name), ("key", k), ("val", v)):
             if self._too_long(data):
                 log.error("cannot get the %s: %d bytes >= pv_buffer_size", what, len(data))
                 return -1
         queue = self._find(name)
         if queue is None:
-            log.error("mqueue not found: %s", name.decode("utf-8", "replace"))
+            log.error("mqueue not found: %s", display(name))
             return -1
         try:
             queue.add(k, v, timeout=0)
         except Error as exc:
-            log.error("mqueue %s: cannot add: %s", name.decode("utf-8", "replace"), exc)
+            log.error("mqueue %s: cannot add: %s", display(name), exc)
             return -1
         return 1
 
     def mq_fetch(self, q: Name) -> int:
         """Move the oldest item into this context's slot: 1, -2 empty, -1 unknown queue."""
-        name = _name(q)
+        name = name_bytes(q)
         queue = self._find(name)
         if queue is None:
             return -1  # the slot is left alone (B16)
@@ -209,25 +201,25 @@ class ScriptApi:
 
     def mq_size(self, q: Name) -> int:
         """Item count N >= 1; -1 when empty; -2 when the queue is unknown."""
-        name = _name(q)
+        name = name_bytes(q)
         queue = self._find(name)
         if queue is None:
-            log.error("mqueue %s not found", name.decode("utf-8", "replace"))
+            log.error("mqueue %s not found", display(name))
             return -2
         n = queue.size()
         return n if n > 0 else -1
 
     def mq_pv_free(self, q: Name) -> int:
         """Drop this context's held item for ``q``; always 1 (also for unknown queues)."""
-        self._slots.pop(_name(q), None)
+        self._slots.pop(name_bytes(q), None)
         return 1
 
     # -- pseudo-variables --------------------------------------------------------------------
 
     def _slot_part(self, q: Name, index: int) -> bytes | None:
-        name = _name(q)
+        name = name_bytes(q)
         if self._find(name) is None:
-            log.error("mqueue not found: %s", name.decode("utf-8", "replace"))
+            log.error("mqueue not found: %s", display(name))
             return None
         item = self._slots.get(name)
         if item is None or not item[index]:
@@ -244,10 +236,10 @@ class ScriptApi:
 
     def pv_mq_size(self, q: Name) -> int | None:
         """``$mq_size(q)``: the item count (0 when empty), ``None`` for an unknown queue."""
-        name = _name(q)
+        name = name_bytes(q)
         queue = self._find(name)
         if queue is None:
-            log.error("mqueue not found: %s", name.decode("utf-8", "replace"))
+            log.error("mqueue not found: %s", display(name))
             return None
         return queue.size()
 
@@ -255,17 +247,17 @@ class ScriptApi:
 
     def kemi_mq_size(self, q: Name) -> int:
         """``KSR.mqueue.mq_size``: the count, 0 when empty, -1 for an unknown queue."""
-        queue = self._find(_name(q))
+        queue = self._find(name_bytes(q))
         return -1 if queue is None else queue.size()
 
     def mqk_get(self, q: Name) -> bytes | None:
         """``KSR.mqueue.mqk_get``: the held key (``b""`` if empty), ``None`` if none held."""
-        item = self._slots.get(_name(q))
+        item = self._slots.get(name_bytes(q))
         return None if item is None else item[0]
 
     def mqv_get(self, q: Name) -> bytes | None:
         """``KSR.mqueue.mqv_get``: the held value (``b""`` if empty), ``None`` if none held."""
-        item = self._slots.get(_name(q))
+        item = self._slots.get(name_bytes(q))
         return None if item is None else item[1]
 
     # -- housekeeping ------------------------------------------------------------------------

@@ -9,135 +9,35 @@ threads are never held up.
 from __future__ import annotations
 
 import os
-import pickle
-import time
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
-from pymqueue import _binding as B
+from pymqueue._text import Key, name_bytes, name_text, to_bytes
 from pymqueue.errors import ConfigError, Empty, Full, QueueClosed
+from pymqueue.queue import _engine as E
+from pymqueue.queue._engine import Batch, Buf, Handle, wait_loop
+from pymqueue.queue.types import (
+    DEFAULT_CAPACITY,
+    PICKLE,
+    AddMode,
+    Overflow,
+    QueueStats,
+    Serializer,
+)
 
-__all__ = [
-    "DEFAULT_CAPACITY",
-    "AddMode",
-    "Overflow",
-    "PickleSerializer",
-    "Queue",
-    "QueueStats",
-    "Serializer",
-    "list_queues",
-    "unlink",
-]
-
-DEFAULT_CAPACITY = 16 * 1024 * 1024
-WAIT_SLICE = 0.05  # seconds: the longest a wait goes without returning to Python
-_NS = 1_000_000_000
-_SLICE_NS = int(WAIT_SLICE * _NS)
-_BUF_SIZE = 64 * 1024
+__all__ = ["Queue", "list_queues", "unlink"]
 
 # Bound once: attribute lookups on every call cost as much as the C call itself.
-_ffi = B.ffi
-_pmq_add = B.lib.pmq_add
-_pmq_fetch = B.lib.pmq_fetch
-_OK = B.OK
-_DUPLICATE = B.DUPLICATE
-_E_EMPTY = B.E_EMPTY
-_E_FULL = B.E_FULL
-_E_BUFSMALL = B.E_BUFSMALL
-
-Key = str | bytes | bytearray | memoryview
-
-
-class Overflow(IntEnum):
-    """What ``add`` does when the queue is full (``size`` items or its byte capacity)."""
-
-    DROP_OLDEST = 0  #: remove the oldest items to make room (Kamailio's behaviour)
-    REJECT = 1  #: raise :class:`pymqueue.Full`
-    BLOCK = 2  #: wait for room, up to the timeout, then raise :class:`pymqueue.Full`
-
-    @classmethod
-    def parse(cls, value: Overflow | int | str) -> Overflow:
-        if isinstance(value, str):
-            try:
-                return cls[value.strip().upper().replace("-", "_")]
-            except KeyError:
-                raise ConfigError(f"unknown overflow policy {value!r}") from None
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"unknown overflow policy {value!r}") from None
-
-
-class AddMode(IntEnum):
-    """Kamailio's ``addmode``: how an item whose key is already queued is added."""
-
-    APPEND = 0  #: duplicates allowed
-    UNIQUE_KEEP_OLDEST = 1  #: the new item is ignored
-    UNIQUE_KEEP_NEWEST = 2  #: the old item is removed; the new one goes to the tail
-
-    @classmethod
-    def parse(cls, value: AddMode | int | str) -> AddMode:
-        try:
-            if isinstance(value, str):
-                return (
-                    cls[value.strip().upper()] if not value.strip().isdigit() else cls(int(value))
-                )
-            return cls(value)
-        except (KeyError, ValueError):
-            raise ConfigError(f"unknown addmode {value!r} (0, 1 or 2)") from None
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """A snapshot of a queue's counters, read under its lock.
-
-    ``added == fetched + items + dropped + replaced`` holds at every snapshot.
-    """
-
-    name: str
-    items: int
-    bytes: int
-    ring_used: int
-    max_items: int
-    capacity: int
-    added: int
-    fetched: int
-    dropped: int
-    rejected: int
-    replaced: int
-    duplicates: int
-    high_water: int
-    recoveries: int
-    getters_waiting: int
-    putters_waiting: int
-
-
-class Serializer(Protocol):
-    """Turns objects into bytes and back (``put``/``get``)."""
-
-    def dumps(self, obj: Any, /) -> bytes: ...
-
-    def loads(self, data: bytes, /) -> Any: ...
-
-
-class PickleSerializer:
-    """The default serializer: pickle at its highest protocol."""
-
-    def dumps(self, obj: Any, /) -> bytes:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-
-    def loads(self, data: bytes, /) -> Any:
-        return pickle.loads(data)
-
-    def __reduce__(self) -> str:
-        return "PICKLE"
-
-
-PICKLE = PickleSerializer()
+_pmq_add = E.pmq_add
+_pmq_fetch = E.pmq_fetch
+_OK = E.OK
+_DUPLICATE = E.DUPLICATE
+_E_EMPTY = E.E_EMPTY
+_E_FULL = E.E_FULL
+_E_BUFSMALL = E.E_BUFSMALL
+_BUF_SIZE = E.BUF_SIZE
 
 
 def _default_namespace() -> str:
@@ -146,60 +46,18 @@ def _default_namespace() -> str:
 
 def _check_namespace(namespace: str | None) -> str:
     ns = _default_namespace() if namespace is None else namespace
-    if ns and not B.valid_namespace(ns):
+    if ns and not E.valid_namespace(ns):
         raise ConfigError(f"invalid namespace {ns!r}: 1-32 of A-Z a-z 0-9 _ -")
     return ns
 
 
 def _raw(name: str | bytes) -> bytes:
-    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+    raw = name_bytes(name)
     if not raw:
         raise ConfigError("a queue name cannot be empty")
-    if len(raw) > B.NAME_MAX:
-        raise ConfigError(f"queue name {raw[:40]!r}… is longer than {B.NAME_MAX} bytes")
+    if len(raw) > E.NAME_MAX:
+        raise ConfigError(f"queue name {raw[:40]!r}… is longer than {E.NAME_MAX} bytes")
     return raw
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _b(value: Key) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"keys and values are str or bytes, not {type(value).__name__}")
-
-
-class _Buf:
-    """A reusable output buffer; each operation takes one, so threads never share one.
-
-    ``lens`` is an ``array`` that C writes through ``clens``: reading it from Python is far
-    cheaper than indexing cdata."""
-
-    __slots__ = ("cdata", "clens", "lens", "size", "view")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.cdata = _ffi.new("uint8_t[]", size)
-        self.view = _ffi.buffer(self.cdata)
-        self.lens = array("I", (0, 0))
-        self.clens = _ffi.from_buffer("uint32_t[]", self.lens)
-
-
-def _unpack_batch(buf: _Buf, lens: Any, count: int, out: list[tuple[bytes, bytes]]) -> None:
-    """Append the ``count`` items a batch call left in ``buf`` (key, value, key, value …)."""
-    flat = _ffi.unpack(lens, 2 * count)
-    view = buf.view
-    pos = 0
-    for i in range(0, 2 * count, 2):
-        k = flat[i]
-        v = flat[i + 1]
-        out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
-        pos += k + v
 
 
 def _attach(raw_name: bytes, namespace: str, serializer: Serializer) -> Queue:
@@ -229,6 +87,7 @@ class Queue:
         "_block",
         "_bufs",
         "_created",
+        "_engine",
         "_handle",
         "_name",
         "_namespace",
@@ -253,44 +112,48 @@ class Queue:
         namespace: str | None = None,
         serializer: Serializer | None = None,
     ) -> None:
-        self._handle: Any = None
+        self._engine: Handle | None = None
+        self._handle: Any = None  # the engine's pointer, for the hot paths; None: closed
         self._raw_name = _raw(name)
-        self._name = _text(self._raw_name)
+        self._name = name_text(self._raw_name)
         self._namespace = _check_namespace(namespace)
         self._serializer: Serializer = serializer if serializer is not None else PICKLE
-        self._shm = B.shm_name(self._raw_name, self._namespace)
-        self._bufs: list[_Buf] = []
+        self._shm = E.shm_name(self._raw_name, self._namespace)
+        self._bufs: list[Buf] = []
         want_policy = None if policy is None else Overflow.parse(policy)
         want_addmode = None if addmode is None else AddMode.parse(addmode)
-        if capacity is not None and capacity < B.MIN_CAPACITY:
+        if capacity is not None and capacity < E.MIN_CAPACITY:
             raise ConfigError(
-                f"capacity {capacity} of queue {self._name!r} is below {B.MIN_CAPACITY}"
+                f"capacity {capacity} of queue {self._name!r} is below {E.MIN_CAPACITY}"
             )
         if size is not None and not isinstance(size, int):
             raise ConfigError(f"size of queue {self._name!r} must be an int, not {size!r}")
         if create is False:
-            self._handle = B.open_(self._shm, self._name)
+            engine = Handle.open(self._shm, self._name)
             self._created = False
         else:
-            cfg = B.new_config(
-                max(size or 0, 0),
-                capacity or DEFAULT_CAPACITY,
-                int(want_policy or Overflow.DROP_OLDEST),
-                int(want_addmode or AddMode.APPEND),
+            engine, self._created = Handle.create(
+                self._shm,
+                self._raw_name,
+                self._name,
+                max_items=max(size or 0, 0),
+                capacity=capacity or DEFAULT_CAPACITY,
+                policy=int(want_policy or Overflow.DROP_OLDEST),
+                addmode=int(want_addmode or AddMode.APPEND),
+                exclusive=bool(create),
             )
-            self._handle, self._created = B.create(
-                self._shm, self._raw_name, cfg, bool(create), self._name
-            )
-        max_items, cap, pol, mode = B.read_config(self._handle)
+        self._engine = engine
+        self._handle = engine.ptr
+        max_items, cap, pol, mode = engine.config()
         self.max_items: int = max_items
         self.capacity: int = cap
         self.policy = Overflow(pol)
         self.addmode = AddMode(mode)
         self._block = self.policy is Overflow.BLOCK
-        stored = B.read_name(self._handle)
+        stored = engine.stored_name()
         if stored != self._raw_name:  # only a hashed long name can collide
-            self._handle = None
-            raise ConfigError(f"queue {self._name!r}: segment belongs to {_text(stored)!r}")
+            self.close()
+            raise ConfigError(f"queue {self._name!r}: segment belongs to {name_text(stored)!r}")
         if not self._created:
             self._check_settings(size, capacity, want_policy, want_addmode)
 
@@ -311,7 +174,7 @@ class Queue:
         if addmode is not None and addmode != self.addmode:
             diffs.append(f"addmode {int(addmode)} (queue has {int(self.addmode)})")
         if diffs:
-            self._handle = None
+            self.close()
             raise ConfigError(
                 f"queue {self._name!r} exists with other settings: " + ", ".join(diffs)
             )
@@ -340,20 +203,21 @@ class Queue:
     def closed(self) -> bool:
         return self._handle is None
 
-    def _h(self) -> Any:
-        handle = self._handle
-        if handle is None:
+    def _h(self) -> Handle:
+        engine = self._engine
+        if engine is None:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
-        return handle
+        return engine
 
     def close(self) -> None:
         """Release this process's mapping (idempotent). The queue itself stays."""
         self._handle = None  # freed once no operation in flight holds it
+        self._engine = None
 
     def unlink(self) -> None:
         """Remove the queue from the host (idempotent); attached handles keep working
         until they close, as with files."""
-        B.unlink(self._shm, self._name)
+        E.unlink(self._shm, self._name)
 
     def __enter__(self) -> Queue:
         return self
@@ -398,50 +262,32 @@ class Queue:
         handle = self._handle
         if handle is None:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
-        k = key if type(key) is bytes else _b(key)
-        v = value if type(value) is bytes else _b(value)
+        k = key if type(key) is bytes else to_bytes(key)
+        v = value if type(value) is bytes else to_bytes(value)
         rc: int = _pmq_add(handle, k, len(k), v, len(v), 0)
         if rc == _OK:
             return True
         if rc == _E_FULL and self._block and timeout != 0:
-            rc = self._wait_loop(
+            rc = wait_loop(
                 lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL
             )
             if rc == _OK:
                 return True
-        if rc == _E_FULL and self._block:
-            B.lib.pmq_note_rejected(handle, 1)
+        engine = self._engine
+        if rc == _E_FULL and self._block and engine is not None:
+            engine.note_rejected(1)
         if rc == _DUPLICATE:
             return False
         self._fail(rc, len(k), len(v))
 
     def _fail(self, rc: int, klen: int = 0, vlen: int = 0) -> NoReturn:
         detail = ""
-        if rc == B.lib.PMQ_E_TOOBIG:
+        if rc == E.E_TOOBIG:
             detail = (
-                f"key {klen} + value {vlen} bytes + {B.RECORD_OVERHEAD} overhead "
+                f"key {klen} + value {vlen} bytes + {E.RECORD_OVERHEAD} overhead "
                 f"> capacity {self.capacity}"
             )
-        B.raise_for(rc, self._name, detail)
-
-    @staticmethod
-    def _wait_loop(call: Any, timeout: float | None, give_up: int) -> int:
-        """Call ``call(slice_ns)`` until it returns something else than ``give_up`` or the
-        timeout passes; between slices Python runs signal handlers (Ctrl-C)."""
-        if timeout is None:
-            while True:
-                rc: int = call(_SLICE_NS)
-                if rc != give_up:
-                    return rc
-        if timeout < 0:
-            raise ValueError("timeout must be None or >= 0")
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
-            rc = call(ns)
-            if rc != give_up or remaining <= 0:
-                return rc
+        E.raise_for(rc, self._name, detail)
 
     def fetch(self, timeout: float | None = 0) -> tuple[bytes, bytes] | None:
         """Remove and return the oldest ``(key, value)``, or None if there is none within
@@ -450,7 +296,7 @@ class Queue:
         if handle is None:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
         bufs = self._bufs
-        buf = bufs.pop() if bufs else _Buf(_BUF_SIZE)
+        buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
         rc: int = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
         if rc == _OK:
             k, v = buf.lens
@@ -461,13 +307,13 @@ class Queue:
         return self._fetch_slow(handle, buf, rc, timeout)
 
     def _fetch_slow(
-        self, handle: Any, buf: _Buf, rc: int, timeout: float | None
+        self, handle: Any, buf: Buf, rc: int, timeout: float | None
     ) -> tuple[bytes, bytes] | None:
         """fetch() after a first try that found nothing, or an item too big for the buffer."""
         try:
             while True:
                 if rc == _E_EMPTY and timeout != 0:
-                    rc = self._wait_loop(
+                    rc = wait_loop(
                         lambda ns, b=buf: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
                         timeout,
                         _E_EMPTY,
@@ -481,18 +327,14 @@ class Queue:
                     return None
                 if rc != _E_BUFSMALL:
                     self._fail(rc)
-                buf = _Buf(max(buf.lens[0] + buf.lens[1], 2 * buf.size))
+                buf = Buf(max(buf.lens[0] + buf.lens[1], 2 * buf.size))
                 rc = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
         finally:
             self._bufs.append(buf)
 
     def size(self) -> int:
         """The number of items in the queue now."""
-        out = _ffi.new("uint64_t *")
-        rc = B.lib.pmq_count(self._h(), out)
-        if rc != 0:
-            self._fail(rc)
-        return int(out[0])
+        return self._h().count()
 
     __len__ = size
 
@@ -504,8 +346,8 @@ class Queue:
         lens = array("I")
         parts: list[bytes] = []
         for key, value in items:
-            k = _b(key)
-            v = _b(value)
+            k = to_bytes(key)
+            v = to_bytes(value)
             lens.append(len(k))
             lens.append(len(v))
             parts.append(k)
@@ -514,39 +356,33 @@ class Queue:
         if n == 0:
             return 0
         data = b"".join(parts)
-        handle = self._h()
-        lib = B.lib
-        done = B.ffi.new("size_t *")
-        clens = B.ffi.from_buffer("uint32_t[]", lens)
-        total = 0
-        rc = lib.pmq_add_many(handle, clens, data, n, done, 0)
-        total = done[0]
+        engine = self._h()
+        rc, total = engine.add_many(lens, data, n, 0)
         if rc == _E_FULL and self._block and timeout != 0:
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
 
             def call(ns: int) -> int:
                 nonlocal total, offset
-                rest = B.ffi.from_buffer("uint32_t[]", lens[2 * total :])
-                rc = lib.pmq_add_many(handle, rest, data[offset:], n - total, done, ns)
-                for i in range(total, total + done[0]):
+                rc, done = engine.add_many(lens[2 * total :], data[offset:], n - total, ns)
+                for i in range(total, total + done):
                     offset += lens[2 * i] + lens[2 * i + 1]
-                total += done[0]
-                return rc  # type: ignore[no-any-return]
+                total += done
+                return rc
 
-            rc = self._wait_loop(call, timeout, B.E_FULL)
-        if rc == 0:
-            return int(total)
-        if rc == lib.PMQ_E_TOOBIG:
+            rc = wait_loop(call, timeout, _E_FULL)
+        if rc == _OK:
+            return total
+        if rc == E.E_TOOBIG:
             big = max(range(n), key=lambda i: lens[2 * i] + lens[2 * i + 1])
-            if lens[2 * big] + lens[2 * big + 1] + B.RECORD_OVERHEAD > self.capacity:
+            if lens[2 * big] + lens[2 * big + 1] + E.RECORD_OVERHEAD > self.capacity:
                 self._fail(rc, lens[2 * big], lens[2 * big + 1])
         if rc == _E_FULL and self._block:
-            B.lib.pmq_note_rejected(handle, n - total)
+            engine.note_rejected(n - total)
         try:
             self._fail(rc)
         except Full as exc:
-            exc.done = int(total)  # type: ignore[attr-defined]
+            exc.done = total  # type: ignore[attr-defined]
             raise
 
     def fetch_many(self, max_items: int, timeout: float | None = 0) -> list[tuple[bytes, bytes]]:
@@ -554,36 +390,32 @@ class Queue:
         calls if they do not fit the buffer); waits (per ``timeout``) for the first only."""
         if max_items <= 0:
             return []
-        handle = self._h()
-        lib = B.lib
+        engine = self._h()
         bufs = self._bufs
-        buf = bufs.pop() if bufs else _Buf(_BUF_SIZE)
-        lens = B.ffi.new("uint32_t[]", 2 * max_items)
-        got = B.ffi.new("size_t *")
+        buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
+        batch = Batch(max_items)
         out: list[tuple[bytes, bytes]] = []
         wait = timeout
         try:
             while len(out) < max_items:
                 want = max_items - len(out)
                 if wait == 0:
-                    rc = lib.pmq_fetch_many(handle, buf.cdata, buf.size, lens, want, got, 0)
+                    rc = engine.fetch_many(buf, batch, want, 0)
                 else:
-                    rc = self._wait_loop(
-                        lambda ns, b=buf, n=want: lib.pmq_fetch_many(
-                            handle, b.cdata, b.size, lens, n, got, ns
-                        ),
+                    rc = wait_loop(
+                        lambda ns, b=buf, n=want: engine.fetch_many(b, batch, n, ns),
                         wait,
-                        B.E_EMPTY,
+                        _E_EMPTY,
                     )
-                if rc == B.E_BUFSMALL:
-                    buf = _Buf(max(lens[0] + lens[1], 2 * buf.size))
+                if rc == _E_BUFSMALL:
+                    buf = Buf(max(batch.first_size(), 2 * buf.size))
                     continue
-                if rc == B.E_EMPTY:
+                if rc == _E_EMPTY:
                     break
-                if rc != 0:
+                if rc != _OK:
                     self._fail(rc)
                 wait = 0
-                _unpack_batch(buf, lens, got[0], out)
+                batch.unpack(buf, out)
         finally:
             self._bufs.append(buf)
         return out
@@ -593,28 +425,22 @@ class Queue:
 
         Read in batches (one lock each), so under concurrent fetches the result is the
         items that were present at some point, in order, never one twice."""
-        handle = self._h()
-        lib = B.lib
-        buf = _Buf(_BUF_SIZE)
-        batch = min(max(max_items, 1), 4096)
-        lens = B.ffi.new("uint32_t[]", 2 * batch)
-        got = B.ffi.new("size_t *")
-        cursor_pos = B.ffi.new("uint64_t *")
-        cursor_id = B.ffi.new("uint64_t *")
+        engine = self._h()
+        buf = Buf(_BUF_SIZE)
+        size = min(max(max_items, 1), 4096)
+        batch = Batch(size, cursor=True)
         out: list[tuple[bytes, bytes]] = []
         while len(out) < max_items:
-            want = min(batch, max_items - len(out))
-            rc = lib.pmq_peek_many(
-                handle, buf.cdata, buf.size, lens, want, cursor_pos, cursor_id, got
-            )
-            if rc == B.E_BUFSMALL:
-                buf = _Buf(max(lens[0] + lens[1], 2 * buf.size))
+            want = min(size, max_items - len(out))
+            rc = engine.peek_many(buf, batch, want)
+            if rc == _E_BUFSMALL:
+                buf = Buf(max(batch.first_size(), 2 * buf.size))
                 continue
-            if rc != 0:
+            if rc != _OK:
                 self._fail(rc)
-            if got[0] == 0:
+            if batch.count == 0:
                 break
-            _unpack_batch(buf, lens, got[0], out)
+            batch.unpack(buf, out)
         return out
 
     # ---- standard-library vocabulary --------------------------------------------------
@@ -671,20 +497,19 @@ class Queue:
 
     def stats(self) -> QueueStats:
         """The queue's counters, read under its lock."""
-        s = B.read_stats(self._h(), self._name)
+        s = self._h().stats()
         return QueueStats(name=self._name, max_items=self.max_items, capacity=self.capacity, **s)
 
     def wait(self, readable: bool = True, timeout: float | None = None) -> bool:
         """Wait until the queue has an item (``readable``) or room; no item is taken.
         Returns False on timeout. Used by :class:`pymqueue.AsyncQueue`."""
-        handle = self._h()
-        what = B.lib.PMQ_WAIT_READABLE if readable else B.lib.PMQ_WAIT_WRITABLE
-        give_up = B.E_EMPTY if readable else B.E_FULL
+        engine = self._h()
+        give_up = _E_EMPTY if readable else _E_FULL
         if timeout == 0:
-            rc = B.lib.pmq_wait(handle, what, 0)
+            rc = engine.wait(readable, 0)
         else:
-            rc = self._wait_loop(lambda ns: B.lib.pmq_wait(handle, what, ns), timeout, give_up)
-        if rc == 0:
+            rc = wait_loop(lambda ns: engine.wait(readable, ns), timeout, give_up)
+        if rc == _OK:
             return True
         if rc == give_up:
             return False
@@ -701,22 +526,22 @@ def list_queues(namespace: str | None = None) -> list[str]:
     ns = _check_namespace(namespace)
     names = []
     try:
-        entries = sorted(os.listdir(B.SHM_DIR))
+        entries = sorted(os.listdir(E.SHM_DIR))
     except FileNotFoundError:
         return []
     for entry in entries:
-        parts = B.split_shm_name(entry)
+        parts = E.split_shm_name(entry)
         if parts is None or parts[0] != ns:
             continue
         try:
-            handle = B.open_(b"/" + entry.encode(), entry)
+            engine = Handle.open(b"/" + entry.encode(), entry)
         except (OSError, ValueError):
             continue  # not ours, not readable, or being created
-        names.append(_text(B.read_name(handle)))
+        names.append(name_text(engine.stored_name()))
     return names
 
 
 def unlink(name: str | bytes, namespace: str | None = None) -> bool:
     """Remove a queue by name; returns False if there was none."""
     raw = _raw(name)
-    return B.unlink(B.shm_name(raw, _check_namespace(namespace)), _text(raw))
+    return E.unlink(E.shm_name(raw, _check_namespace(namespace)), name_text(raw))

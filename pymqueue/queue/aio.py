@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from pymqueue._queue import Key, Overflow, Queue, QueueStats
+from pymqueue._text import Key
 from pymqueue.errors import Empty, Full
+from pymqueue.queue.sync import Queue
+from pymqueue.queue.types import Overflow, QueueStats
 
 __all__ = ["AsyncQueue"]
 

@@ -1,0 +1,368 @@
+"""The binding tier: the only module that imports the C library (``ffi``/``lib``).
+
+* :class:`Handle`: one open queue; its methods map one-to-one to the engine's ``pmq_*``
+  calls. Calls whose return code is the caller's business (add, fetch, wait …) return it;
+  the others raise.
+* :func:`raise_for`: the one map from C return codes to pymqueue's exceptions, with the
+  queue's name in every message.
+* Shared-memory object names (:func:`shm_name`, :func:`split_shm_name`).
+* Output buffers (:class:`Buf`, :class:`Batch`) and the sliced wait (:func:`wait_loop`).
+
+The hot paths (``Queue.add``/``Queue.fetch``) call :data:`pmq_add`/:data:`pmq_fetch` on
+:attr:`Handle.ptr` directly: bound once at module level, since an attribute lookup per call
+costs as much as the C call itself.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import hashlib
+import os
+import re
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from pymqueue import errors
+from pymqueue._pmq_c import ffi, lib
+
+__all__ = [
+    "Batch",
+    "Buf",
+    "Handle",
+    "pmq_add",
+    "pmq_fetch",
+    "raise_for",
+    "shm_name",
+    "split_shm_name",
+    "unlink",
+    "valid_namespace",
+    "wait_loop",
+]
+
+SHM_DIR = "/dev/shm"
+PREFIX = "pmq."
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_:@+=,")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_MAX_SHM_NAME = 240
+
+OK: int = lib.PMQ_OK
+DUPLICATE: int = lib.PMQ_DUPLICATE
+E_EMPTY: int = lib.PMQ_E_EMPTY
+E_FULL: int = lib.PMQ_E_FULL
+E_BUFSMALL: int = lib.PMQ_E_BUFSMALL
+E_TOOBIG: int = lib.PMQ_E_TOOBIG
+NAME_MAX: int = lib.PMQ_NAME_MAX
+MIN_CAPACITY: int = lib.PMQ_MIN_CAPACITY
+RECORD_OVERHEAD: int = lib.PMQ_RECORD_OVERHEAD
+
+WAIT_SLICE = 0.05  # seconds: the longest a wait goes without returning to Python
+_NS = 1_000_000_000
+SLICE_NS = int(WAIT_SLICE * _NS)
+BUF_SIZE = 64 * 1024
+
+#: The hot-path calls, bound once: ``pmq_add(ptr, k, klen, v, vlen, ns)``,
+#: ``pmq_fetch(ptr, buf, size, lens, ns)``.
+pmq_add: Callable[..., int] = lib.pmq_add
+pmq_fetch: Callable[..., int] = lib.pmq_fetch
+
+_STATS_FIELDS = (
+    "items",
+    "bytes",
+    "ring_used",
+    "added",
+    "fetched",
+    "dropped",
+    "rejected",
+    "replaced",
+    "duplicates",
+    "high_water",
+    "recoveries",
+    "getters_waiting",
+    "putters_waiting",
+)
+
+
+# ---- names ------------------------------------------------------------------------------
+
+
+def valid_namespace(namespace: str) -> bool:
+    return _NAMESPACE.fullmatch(namespace) is not None
+
+
+def shm_name(raw_name: bytes, namespace: str) -> bytes:
+    """The POSIX shared-memory object name of a queue.
+
+    ``/pmq.<name>`` or ``/pmq.<namespace>.<name>``, the name percent-encoded so that any
+    bytes are allowed and a dot never appears in it; a name too long for the file system is
+    replaced by a hash (the real name is kept in the segment's header).
+    """
+    encoded = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw_name)
+    prefix = f"/{PREFIX}{namespace}." if namespace else f"/{PREFIX}"
+    if len(prefix) + len(encoded) > _MAX_SHM_NAME:
+        encoded = "~" + hashlib.sha256(raw_name).hexdigest()[:48]
+    return (prefix + encoded).encode("ascii")
+
+
+def split_shm_name(entry: str) -> tuple[str, str] | None:
+    """(namespace, encoded name) of a /dev/shm entry that is ours, else None."""
+    if not entry.startswith(PREFIX):
+        return None
+    parts = entry[len(PREFIX) :].split(".")
+    if len(parts) == 1:
+        return "", parts[0]
+    if len(parts) == 2 and valid_namespace(parts[0]):
+        return parts[0], parts[1]
+    return None
+
+
+# ---- return codes -> exceptions ---------------------------------------------------------
+
+_MESSAGES: dict[int, tuple[type[errors.QueueError], str]] = {
+    lib.PMQ_E_EMPTY: (errors.Empty, "queue {name!r} is empty"),
+    lib.PMQ_E_FULL: (errors.Full, "queue {name!r} is full"),
+    lib.PMQ_E_TOOBIG: (errors.ItemTooLarge, "item can never fit in queue {name!r}{detail}"),
+    lib.PMQ_E_NOTFOUND: (errors.QueueNotFound, "no queue {name!r}{detail}"),
+    lib.PMQ_E_EXISTS: (errors.QueueExists, "queue {name!r} already exists{detail}"),
+    lib.PMQ_E_BADSEG: (
+        errors.InvalidSegment,
+        "shared-memory object of queue {name!r} is not a valid pymqueue segment "
+        "(foreign, truncated, never initialised or inconsistent){detail}",
+    ),
+    lib.PMQ_E_VERSION: (
+        errors.InvalidSegment,
+        "queue {name!r} was made by a pymqueue of another layout version{detail}",
+    ),
+    lib.PMQ_E_LOCKTIMEOUT: (
+        errors.LockTimeout,
+        "the lock of queue {name!r} stayed held by a live process (stopped?){detail}",
+    ),
+    lib.PMQ_E_CORRUPT: (
+        errors.InvalidSegment,
+        "queue {name!r} failed validation: its shared memory was overwritten{detail}",
+    ),
+}
+
+
+def raise_for(rc: int, name: str, detail: str = "") -> NoReturn:
+    """Raise the exception for C return code ``rc`` about queue ``name``."""
+    if detail:
+        detail = f": {detail}"
+    if rc in _MESSAGES:
+        cls, template = _MESSAGES[rc]
+        raise cls(template.format(name=name, detail=detail), name)
+    if rc == lib.PMQ_E_INVAL:
+        raise errors.QueueError(f"invalid argument for queue {name!r}{detail}", name)
+    if rc == lib.PMQ_E_SYS:
+        code = ffi.errno
+        err = OSError(code, f"queue {name!r}: {os.strerror(code)}{detail}")
+        if code in (_errno.EACCES, _errno.EPERM):
+            raise PermissionError(code, f"queue {name!r}: {os.strerror(code)}{detail}") from err
+        raise err
+    raise errors.QueueError(f"queue {name!r}: unexpected engine code {rc}{detail}", name)
+
+
+# ---- buffers ----------------------------------------------------------------------------
+
+
+class Buf:
+    """A reusable output buffer; each operation takes one, so threads never share one.
+
+    ``lens`` is an ``array`` that C writes through ``clens``: reading it from Python is far
+    cheaper than indexing cdata."""
+
+    __slots__ = ("cdata", "clens", "lens", "size", "view")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.cdata = ffi.new("uint8_t[]", size)
+        self.view = ffi.buffer(self.cdata)
+        self.lens = array("I", (0, 0))
+        self.clens = ffi.from_buffer("uint32_t[]", self.lens)
+
+
+class Batch:
+    """The out-parameters of a batch call (fetch_many, peek_many): item lengths, count,
+    and (``cursor=True``) the position peek_many resumes from."""
+
+    __slots__ = ("cursor_id", "cursor_pos", "got", "lens")
+
+    def __init__(self, max_items: int, *, cursor: bool = False) -> None:
+        self.lens = ffi.new("uint32_t[]", 2 * max_items)
+        self.got = ffi.new("size_t *")
+        self.cursor_pos = ffi.new("uint64_t *") if cursor else None
+        self.cursor_id = ffi.new("uint64_t *") if cursor else None
+
+    @property
+    def count(self) -> int:
+        return int(self.got[0])
+
+    def first_size(self) -> int:
+        """Key + value bytes of the first item (what a too-small buffer must hold)."""
+        return int(self.lens[0] + self.lens[1])
+
+    def unpack(self, buf: Buf, out: list[tuple[bytes, bytes]]) -> None:
+        """Append the items the last call left in ``buf`` (key, value, key, value …)."""
+        count = self.got[0]
+        flat = ffi.unpack(self.lens, 2 * count)
+        view = buf.view
+        pos = 0
+        for i in range(0, 2 * count, 2):
+            k = flat[i]
+            v = flat[i + 1]
+            out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
+            pos += k + v
+
+
+# ---- the handle -------------------------------------------------------------------------
+
+
+class Handle:
+    """One open queue. ``ptr`` is the engine's ``pmq_queue *``, closed by the garbage
+    collector once no operation holds it; ``name`` (text) goes into error messages."""
+
+    __slots__ = ("name", "ptr")
+
+    def __init__(self, ptr: Any, name: str) -> None:
+        self.ptr = ffi.gc(ptr, lib.pmq_close)
+        self.name = name
+
+    @classmethod
+    def create(
+        cls,
+        shm: bytes,
+        raw_name: bytes,
+        name: str,
+        *,
+        max_items: int,
+        capacity: int,
+        policy: int,
+        addmode: int,
+        exclusive: bool,
+    ) -> tuple[Handle, bool]:
+        """``pmq_create``: create the queue, or attach if it exists and not ``exclusive``;
+        returns (handle, created)."""
+        cfg = ffi.new(
+            "pmq_config *",
+            {
+                "max_items": max_items,
+                "capacity": capacity,
+                "policy": policy,
+                "addmode": addmode,
+                "mode": 0o600,
+            },
+        )
+        out = ffi.new("pmq_queue **")
+        created = ffi.new("int *")
+        rc = lib.pmq_create(shm, raw_name, len(raw_name), cfg, int(exclusive), out, created)
+        if rc != OK:
+            raise_for(rc, name)
+        return cls(out[0], name), bool(created[0])
+
+    @classmethod
+    def open(cls, shm: bytes, name: str) -> Handle:
+        """``pmq_open``: attach to an existing queue."""
+        out = ffi.new("pmq_queue **")
+        rc = lib.pmq_open(shm, out)
+        if rc != OK:
+            raise_for(rc, name)
+        return cls(out[0], name)
+
+    def config(self) -> tuple[int, int, int, int]:
+        """``pmq_get_config``: (max_items, capacity, policy, addmode)."""
+        cfg = ffi.new("pmq_config *")
+        lib.pmq_get_config(self.ptr, cfg)
+        return cfg.max_items, cfg.capacity, cfg.policy, cfg.addmode
+
+    def stored_name(self) -> bytes:
+        """``pmq_get_name``: the name kept in the segment's header."""
+        buf = ffi.new("uint8_t[]", NAME_MAX)
+        n = lib.pmq_get_name(self.ptr, buf, NAME_MAX)
+        return bytes(ffi.buffer(buf, n))
+
+    def stats(self) -> dict[str, int]:
+        """``pmq_get_stats``: the counters, read under the lock."""
+        st = ffi.new("pmq_stats *")
+        rc = lib.pmq_get_stats(self.ptr, st)
+        if rc != OK:
+            raise_for(rc, self.name)
+        return {f: int(getattr(st, f)) for f in _STATS_FIELDS}
+
+    def count(self) -> int:
+        """``pmq_count``: the number of items now."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pmq_count(self.ptr, out)
+        if rc != OK:
+            raise_for(rc, self.name)
+        return int(out[0])
+
+    def add_many(self, lens: array[int], data: bytes, n: int, ns: int) -> tuple[int, int]:
+        """``pmq_add_many`` of ``n`` items (``lens``: key, value lengths; ``data``: their
+        bytes in order): (return code, items handled)."""
+        done = ffi.new("size_t *")
+        rc: int = lib.pmq_add_many(self.ptr, ffi.from_buffer("uint32_t[]", lens), data, n, done, ns)
+        return rc, int(done[0])
+
+    def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:
+        """``pmq_fetch_many``: up to ``want`` items into ``buf``/``batch``."""
+        rc: int = lib.pmq_fetch_many(
+            self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns
+        )
+        return rc
+
+    def peek_many(self, buf: Buf, batch: Batch, want: int) -> int:
+        """``pmq_peek_many``: up to ``want`` items after ``batch``'s cursor, not removed."""
+        rc: int = lib.pmq_peek_many(
+            self.ptr,
+            buf.cdata,
+            buf.size,
+            batch.lens,
+            want,
+            batch.cursor_pos,
+            batch.cursor_id,
+            batch.got,
+        )
+        return rc
+
+    def wait(self, readable: bool, ns: int) -> int:
+        """``pmq_wait``: until the queue has an item (``readable``) or room, up to ``ns``."""
+        what = lib.PMQ_WAIT_READABLE if readable else lib.PMQ_WAIT_WRITABLE
+        rc: int = lib.pmq_wait(self.ptr, what, ns)
+        return rc
+
+    def note_rejected(self, n: int) -> None:
+        """``pmq_note_rejected``: count ``n`` items a blocked add gave up on."""
+        lib.pmq_note_rejected(self.ptr, n)
+
+
+def unlink(shm: bytes, name: str) -> bool:
+    """``pmq_unlink``: remove the segment; False if there was none."""
+    rc = lib.pmq_unlink(shm)
+    if rc == lib.PMQ_E_NOTFOUND:
+        return False
+    if rc != OK:
+        raise_for(rc, name)
+    return True
+
+
+# ---- waits ------------------------------------------------------------------------------
+
+
+def wait_loop(call: Callable[..., int], timeout: float | None, give_up: int) -> int:
+    """Call ``call(slice_ns)`` until it returns something else than ``give_up`` or the
+    timeout passes; between slices Python runs signal handlers (Ctrl-C)."""
+    if timeout is None:
+        while True:
+            rc = call(SLICE_NS)
+            if rc != give_up:
+                return rc
+    if timeout < 0:
+        raise ValueError("timeout must be None or >= 0")
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
+        rc = call(ns)
+        if rc != give_up or remaining <= 0:
+            return rc
