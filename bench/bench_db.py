@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pymqueue import Queue
-from pymqueue.config import DbMode, QueueDef
 from pymqueue.db import Persistence
+from pymqueue.definitions import DbMode, QueueDef
 
 N = 1_000_000
 ITEMS = [(b"k%07d" % i, b"v%d" % i) for i in range(N)]

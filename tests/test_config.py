@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 
 from pymqueue import AddMode, ConfigError, Overflow
-from pymqueue.config import (
-    DbMode,
-    InstanceConfig,
-    ModparamState,
-    QueueDef,
-    RpcConfig,
-    config_from_dict,
-    load_config,
-    parse_mqueue,
-    queues_from_modparams,
-)
+from pymqueue.config import InstanceConfig, RpcConfig, config_from_dict, load_config
+from pymqueue.definitions import DbMode, QueueDef
+from pymqueue.kamailio.modparam import ModparamState, parse_mqueue, queues_from_modparams
 
 # --- parse_mqueue: what Kamailio accepts with the same meaning ---------------------------
 

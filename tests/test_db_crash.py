@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from pymqueue import Queue
-from pymqueue.config import DbMode, QueueDef
 from pymqueue.db import Persistence
+from pymqueue.definitions import DbMode, QueueDef
 
 N = 100_000
 ROUNDS = 4
@@ -28,7 +28,7 @@ DEADLINE = 60.0
 CHILD = r"""
 import sys
 from pymqueue import Queue
-from pymqueue.config import DbMode, QueueDef
+from pymqueue.definitions import DbMode, QueueDef
 from pymqueue.db import Persistence
 op, url, name = sys.argv[1:4]
 d = QueueDef(name.encode(), dbmode=DbMode.LOAD_SAVE)

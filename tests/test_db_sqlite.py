@@ -19,8 +19,8 @@ from fix_postgres import missing
 
 import pymqueue
 from pymqueue import AddMode, Overflow, Queue
-from pymqueue.config import DbMode, QueueDef
 from pymqueue.db import Persistence, read_rejected
+from pymqueue.definitions import DbMode, QueueDef
 from pymqueue.errors import DatabaseError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kamailio-5.6.3" / "mqueue"

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from pymqueue import ConfigError, Queue, QueueClosed, QueueNotFound, list_queues
-from pymqueue.config import InstanceConfig, config_from_dict, parse_mqueue
+from pymqueue.config import InstanceConfig, config_from_dict
 from pymqueue.instance import Instance
 from pymqueue.kamailio import ScriptApi
+from pymqueue.kamailio.modparam import parse_mqueue
 
 
 def make(namespace: str, *defs: str) -> Instance:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pymqueue import Overflow, Queue
-from pymqueue.config import InstanceConfig, parse_mqueue
+from pymqueue.config import InstanceConfig
 from pymqueue.instance import Instance
 from pymqueue.kamailio import (
     PV_BUFFER_SIZE,
@@ -29,6 +29,7 @@ from pymqueue.kamailio import (
     pv_text,
     set_default_api,
 )
+from pymqueue.kamailio.modparam import parse_mqueue
 
 MakeApi = Callable[..., ScriptApi]
 

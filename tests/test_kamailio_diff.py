@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from kamailio_mq import KamailioMq, driver_config
 
 from pymqueue import ConfigError
-from pymqueue.config import InstanceConfig, parse_mqueue, queues_from_modparams
+from pymqueue.config import InstanceConfig
 from pymqueue.instance import Instance
 from pymqueue.kamailio import ScriptApi
+from pymqueue.kamailio.modparam import parse_mqueue, queues_from_modparams
 
 pytestmark = pytest.mark.kamailio
 

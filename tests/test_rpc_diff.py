@@ -3,7 +3,8 @@
 Both sides get the same queue definitions and the same raw JSON-RPC request (over HTTP and
 over the Unix datagram socket); replies are compared field by field (``jsonrpc``, ``result`` /
 ``error``, ``id``) together with the HTTP status line. The documented divergences
-(``docs/kamailio.md``, "RPC (rpc.py)") are asserted explicitly, on both sides.
+(``docs/kamailio.md``, "RPC (rpc.py, kamailio/rpc_methods.py)") are asserted explicitly, on
+both sides.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import pytest
 from fix_kamailio import Kamailio
 from kamailio_mq import KamailioMq
 
-from pymqueue.config import InstanceConfig, RpcConfig, parse_mqueue
+from pymqueue.config import InstanceConfig, RpcConfig
 from pymqueue.instance import Instance
+from pymqueue.kamailio.modparam import parse_mqueue
 from pymqueue.rpc import RpcServer
 
 pytestmark = pytest.mark.kamailio
