@@ -3,7 +3,7 @@
 # queue tests against it. The build happens in a temporary copy of the tree, so the normal
 # (editable) build in the work tree is left alone.
 #
-# Usage: scripts/sanitize.sh [pytest args...]   (default: -x tests/test_queue*.py)
+# Usage: scripts/sanitize.sh [pytest args...]   (default: -x tests/queue)
 #
 # A Python process needs the ASan runtime loaded first: LD_PRELOAD=$(gcc -print-file-name=
 # libasan.so) (gcc 12: libasan8). Leak detection is off (CPython itself "leaks" at exit);
@@ -34,7 +34,7 @@ export LDFLAGS="${LDFLAGS:-} $san"
 python3 setup.py -q build_ext --inplace --force
 
 if [ "$#" -eq 0 ]; then
-    set -- -x tests/test_queue*.py
+    set -- -x tests/queue
 fi
 export LD_PRELOAD="$libasan${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
 import pytest
 from queue_helpers import fresh_queue, unique_name
 
@@ -342,6 +344,9 @@ def test_bad_arguments() -> None:
             q.fetch(timeout=-1)
 
 
+HERE = Path(__file__).resolve().parent
+
+
 def _blocked_get(name: str) -> None:
     q = pymqueue.Queue(name, create=False)
     try:
@@ -355,7 +360,7 @@ def _blocked_get(name: str) -> None:
 def test_ctrl_c_interrupts_a_wait_forever() -> None:
     with fresh_queue() as q:
         code = (
-            "import sys; sys.path.insert(0, 'tests'); import test_queue as t; "
+            f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]; import test_queue as t; "
             f"t._blocked_get({q.name!r})"
         )
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

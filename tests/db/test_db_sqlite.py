@@ -23,7 +23,7 @@ from pymqueue.db import Persistence, read_rejected
 from pymqueue.definitions import DbMode, QueueDef
 from pymqueue.errors import DatabaseError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kamailio-5.6.3" / "mqueue"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "kamailio-5.6.3" / "mqueue"
 if not FIXTURES.is_dir():  # pragma: no cover - layout of a checkout without ../shared
     FIXTURES = Path("/work/shared/fixtures/kamailio-5.6.3/mqueue")
 

@@ -20,7 +20,7 @@ from pymqueue.dmq.message import (
 )
 from pymqueue.errors import DmqProtocolError
 
-DATA = Path(__file__).parent / "data" / "dmq"
+DATA = Path(__file__).parent.parent / "data" / "dmq"
 VECTORS = sorted(p.name for p in DATA.glob("*.sip"))
 KAMAILIO_UA = "kamailio (5.6.3 (x86_64/linux))"
 REQUESTS = {"01", "02", "04", "05", "06", "07", "08", "09", "10", "11", "13", "17", "20", "21"}

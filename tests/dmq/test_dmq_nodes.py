@@ -28,7 +28,7 @@ from pymqueue.dmq.nodes import parse_node_line
 from pymqueue.errors import ConfigError, DmqProtocolError
 
 A, P, D, T = NodeStatus.ACTIVE, NodeStatus.PENDING, NodeStatus.DISABLED, NodeStatus.TIMEOUT
-DATA = Path(__file__).parent / "data" / "dmq"
+DATA = Path(__file__).parent.parent / "data" / "dmq"
 IP = "127.0.0.1"
 Address = tuple[str, int]
 

@@ -14,7 +14,7 @@ from pymqueue.dmq.message import build_request, parse_uri, sign, verify
 from pymqueue.dmq.nodes import parse_node_list
 from pymqueue.errors import DmqProtocolError
 
-DATA = Path(__file__).parent / "data" / "dmq"
+DATA = Path(__file__).parent.parent / "data" / "dmq"
 VECTORS = [p.read_bytes() for p in sorted(DATA.glob("*.sip"))]
 FUZZ = settings(
     max_examples=400,

@@ -30,7 +30,7 @@ from pymqueue.dmq.message import parse_uri, sign
 from pymqueue.dmq.transaction import ClientTransactions, ReplyCache, TransactionKind
 from pymqueue.errors import DmqError, DmqProtocolError, DmqTimeout
 
-DATA = Path(__file__).parent / "data" / "dmq"
+DATA = Path(__file__).parent.parent / "data" / "dmq"
 IP = "127.0.0.1"
 KAMAILIO_SCHEDULE = [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5]
 PEER = (IP, 5092)
