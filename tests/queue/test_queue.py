@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from pathlib import Path
 
 import pytest
@@ -360,7 +359,8 @@ def _blocked_get(name: str) -> None:
 def test_ctrl_c_interrupts_a_wait_forever() -> None:
     with fresh_queue() as q:
         code = (
-            f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]; import test_queue as t; "
+            f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]; "
+            "import test_queue as t; "
             f"t._blocked_get({q.name!r})"
         )
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
