@@ -159,9 +159,11 @@ class Instance:
                     )
                     self._persistence = persistence  # from now on, stopping saves
                 if self.config.rpc.enabled:
+                    from pymqueue.kamailio.rpc_methods import register_mqueue_rpc  # noqa: PLC0415
                     from pymqueue.rpc import RpcServer  # noqa: PLC0415
 
-                    self.rpc = RpcServer(self, self.config.rpc)
+                    self.rpc = RpcServer(self.config.rpc)
+                    register_mqueue_rpc(self.rpc, self)
                     self.rpc.start()
                 dmq_config = self.config.dmq_config
                 if dmq_config is not None:

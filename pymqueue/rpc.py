@@ -70,7 +70,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pymqueue.errors import ConfigError, RpcError
-from pymqueue.kamailio.rpc_methods import InstanceLike, register_mqueue_rpc
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -129,13 +128,13 @@ class Reply:
 class RpcServer:
     """A registry of RPC methods, callable in-process and served over HTTP and a Unix socket.
 
-    ``instance`` supplies ``queues`` (a mapping of queue handles in Kamailio registry order,
-    newest definition first) to the ``mqueue.*`` methods, which every server carries, as a
-    Kamailio with ``mqueue`` loaded does (see :mod:`pymqueue.kamailio.rpc_methods`);
-    ``config`` says where to listen (``http=(host, port)``, port 0 picks a free one;
-    ``unix=path``); either may be ``None``. The keyword arguments bound what
-    one client can cost: ``max_request_size`` bytes per request, ``request_timeout`` seconds to
-    send a whole request (also the keep-alive idle limit), ``max_connections`` served at once.
+    Only ``system.*`` is built in; the owner registers the rest (an :class:`Instance` adds
+    ``mqueue.*`` with :func:`pymqueue.kamailio.rpc_methods.register_mqueue_rpc` and ``dmq.*``
+    with :func:`pymqueue.dmq.rpc.register_dmq_rpc`). ``config`` says where to listen
+    (``http=(host, port)``, port 0 picks a free one; ``unix=path``); either may be ``None``.
+    The keyword arguments bound what one client can cost: ``max_request_size`` bytes per
+    request, ``request_timeout`` seconds to send a whole request (also the keep-alive idle
+    limit), ``max_connections`` served at once.
     ``pretty`` indents replies with tabs like ``jsonrpcs`` (whitespace is not significant).
 
     :meth:`start` and :meth:`stop` are idempotent; ``with RpcServer(...) as s:`` starts and stops.
@@ -143,7 +142,6 @@ class RpcServer:
 
     def __init__(
         self,
-        instance: InstanceLike | None,
         config: _RpcConfigLike | None = None,
         *,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
@@ -153,7 +151,6 @@ class RpcServer:
     ) -> None:
         if max_request_size <= 0 or request_timeout <= 0 or max_connections <= 0:
             raise ConfigError("RPC limits must be positive")
-        self.instance = instance
         self.config = config
         self.max_request_size = max_request_size
         self.request_timeout = request_timeout
@@ -165,7 +162,6 @@ class RpcServer:
         self._http_thread: threading.Thread | None = None
         self._dgram: _DgramServer | None = None
         self._register_builtins()
-        register_mqueue_rpc(self, instance)
 
     # -- registry ------------------------------------------------------------------------------
 

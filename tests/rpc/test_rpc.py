@@ -25,6 +25,7 @@ import pytest
 
 from pymqueue import Queue
 from pymqueue.errors import ConfigError, RpcError
+from pymqueue.kamailio.rpc_methods import InstanceLike, register_mqueue_rpc
 from pymqueue.rpc import RpcServer
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +43,13 @@ class FakeInstance:
     """Not a mock: holds real ``pymqueue.Queue`` objects, like ``Instance.queues``."""
 
     queues: dict[str, Any] = field(default_factory=dict)
+
+
+def mq_server(instance: InstanceLike | None, config: Conf | None, **limits: Any) -> RpcServer:
+    """A server carrying Kamailio's ``mqueue.*`` for ``instance``, as an ``Instance`` builds it."""
+    s = RpcServer(config, **limits)
+    register_mqueue_rpc(s, instance)
+    return s
 
 
 @pytest.fixture
@@ -72,7 +80,7 @@ def _raise(exc: Exception) -> Any:
 def server() -> Iterator[RpcServer]:
     """One server for the conformance tests (each test also checks it still answers)."""
     d = tempfile.mkdtemp(prefix="pmqrpc", dir="/tmp")
-    s = RpcServer(FakeInstance(), Conf(unix=os.path.join(d, "rpc.sock")))
+    s = mq_server(FakeInstance(), Conf(unix=os.path.join(d, "rpc.sock")))
     add_test_methods(s)
     s.start()
     yield s
@@ -350,7 +358,7 @@ def test_missing_or_bad_content_length(server: RpcServer) -> None:
 
 
 def test_huge_body_is_refused_unread(sockdir: str) -> None:
-    with RpcServer(None, Conf(), max_request_size=1000) as s:
+    with mq_server(None, Conf(), max_request_size=1000) as s:
         add_test_methods(s)
         # announced but never sent: the server answers at once without waiting for it
         reply = raw_http(s, b"POST / HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\n")
@@ -391,7 +399,7 @@ def test_keep_alive_serves_several_requests_per_connection(server: RpcServer) ->
 
 
 def test_slow_client_is_cut_off_and_others_are_served(sockdir: str) -> None:
-    with RpcServer(None, Conf(), request_timeout=0.5) as s:
+    with mq_server(None, Conf(), request_timeout=0.5) as s:
         add_test_methods(s)
         addr = s.http_address
         assert addr is not None
@@ -416,7 +424,7 @@ def test_slow_client_is_cut_off_and_others_are_served(sockdir: str) -> None:
 
 
 def test_dribbling_client_hits_the_whole_request_deadline(sockdir: str) -> None:
-    with RpcServer(None, Conf(), request_timeout=0.5) as s:
+    with mq_server(None, Conf(), request_timeout=0.5) as s:
         addr = s.http_address
         assert addr is not None
         with socket.create_connection(addr, timeout=30) as c:
@@ -442,7 +450,7 @@ def test_dribbling_client_hits_the_whole_request_deadline(sockdir: str) -> None:
 
 
 def test_connection_limit(sockdir: str) -> None:
-    with RpcServer(None, Conf(), max_connections=2, request_timeout=30) as s:
+    with mq_server(None, Conf(), max_connections=2, request_timeout=30) as s:
         add_test_methods(s)
         addr = s.http_address
         assert addr is not None
@@ -537,7 +545,7 @@ def test_dgram_bad_input(server: RpcServer, sockdir: str, data: bytes, code: int
 
 def test_dgram_too_large(sockdir: str) -> None:
     path = os.path.join(sockdir, "s.sock")
-    with RpcServer(None, Conf(http=None, unix=path), max_request_size=100) as s:
+    with mq_server(None, Conf(http=None, unix=path), max_request_size=100) as s:
         add_test_methods(s)
         reply = json.loads(dgram(path, b" " * 5000, sockdir))
         assert reply["error"] == {"code": -32600, "message": "Request too large"}
@@ -580,7 +588,7 @@ def rpc_threads() -> list[str]:
 @pytest.mark.usefixtures("fresh_threads")
 def test_start_stop_idempotent_and_clean(sockdir: str) -> None:
     path = os.path.join(sockdir, "x.sock")
-    s = RpcServer(None, Conf(unix=path))
+    s = mq_server(None, Conf(unix=path))
     assert not s.running
     s.stop()
     s.start()
@@ -604,7 +612,7 @@ def test_start_stop_idempotent_and_clean(sockdir: str) -> None:
 
 @pytest.mark.usefixtures("fresh_threads")
 def test_stop_with_open_connections(sockdir: str) -> None:
-    s = RpcServer(None, Conf(), request_timeout=60)
+    s = mq_server(None, Conf(), request_timeout=60)
     s.start()
     addr = s.http_address
     assert addr is not None
@@ -626,17 +634,17 @@ def test_unix_socket_path_checks(sockdir: str) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(path)
     stale.close()
-    with RpcServer(None, Conf(http=None, unix=path)) as s:
+    with mq_server(None, Conf(http=None, unix=path)) as s:
         # a live one is refused, and left alone
         with pytest.raises(ConfigError, match="in use"):
-            RpcServer(None, Conf(http=None, unix=path)).start()
+            mq_server(None, Conf(http=None, unix=path)).start()
         assert s.unix_path == path
         assert os.path.exists(path)
     # not a socket: refused, not deleted
     with open(path, "w") as f:
         f.write("keep")
     with pytest.raises(ConfigError, match="not a socket"):
-        RpcServer(None, Conf(http=None, unix=path)).start()
+        mq_server(None, Conf(http=None, unix=path)).start()
     with open(path) as f:
         assert f.read() == "keep"
 
@@ -645,7 +653,7 @@ def test_unix_socket_path_checks(sockdir: str) -> None:
 def test_failed_start_leaves_nothing_running(sockdir: str) -> None:
     path = os.path.join(sockdir, "notasock")
     open(path, "w").close()
-    s = RpcServer(None, Conf(unix=path))
+    s = mq_server(None, Conf(unix=path))
     with pytest.raises(ConfigError):
         s.start()
     assert not s.running
@@ -653,11 +661,11 @@ def test_failed_start_leaves_nothing_running(sockdir: str) -> None:
 
 
 def test_http_port_in_use(sockdir: str) -> None:
-    with RpcServer(None, Conf()) as first:
+    with mq_server(None, Conf()) as first:
         addr = first.http_address
         assert addr is not None
         with pytest.raises(OSError, match="in use"):
-            RpcServer(None, Conf(http=addr)).start()
+            mq_server(None, Conf(http=addr)).start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,7 +673,7 @@ def test_http_port_in_use(sockdir: str) -> None:
 
 
 def test_register_and_call() -> None:
-    s = RpcServer(None, None)
+    s = mq_server(None, None)
     add_test_methods(s)
     assert s.call("test.echo", [1, 2]) == [1, 2]
     assert s.call("test.echo", {"b": 1, "a": 2}) == [1, 2]
@@ -687,8 +695,16 @@ def test_register_and_call() -> None:
         s.call("test.boom")  # in-process, the method's own exception propagates
 
 
+def test_a_bare_server_carries_only_system_methods() -> None:
+    assert RpcServer(None).methods() == [
+        "system.listMethods",
+        "system.methodHelp",
+        "system.methodSignature",
+    ]
+
+
 def test_system_methods() -> None:
-    s = RpcServer(None, None)
+    s = mq_server(None, None)
     s.register("dmq.list_nodes", list, "List the DMQ nodes.")
     names = s.call("system.listMethods")
     assert names == sorted(names)
@@ -734,7 +750,7 @@ def queues(namespace: str) -> Iterator[FakeInstance]:
 
 @pytest.fixture
 def mq(queues: FakeInstance, sockdir: str) -> Iterator[RpcServer]:
-    with RpcServer(queues, Conf(unix=os.path.join(sockdir, "mq.sock"))) as s:
+    with mq_server(queues, Conf(unix=os.path.join(sockdir, "mq.sock"))) as s:
         yield s
 
 
@@ -780,8 +796,8 @@ def test_t28_get_sizes_in_registry_order(mq: RpcServer, queues: FakeInstance) ->
     assert mq.call("mqueue.get_sizes") == expected
     assert mq.call("mqueue.get_sizes", ["ignored", 1]) == expected
     assert rpc_http(mq, req("mqueue.get_sizes"))["result"] == expected
-    assert RpcServer(FakeInstance(), None).call("mqueue.get_sizes") == []
-    assert RpcServer(None, None).call("mqueue.get_sizes") == []
+    assert mq_server(FakeInstance(), None).call("mqueue.get_sizes") == []
+    assert mq_server(None, None).call("mqueue.get_sizes") == []
 
 
 def test_t29_fetch(mq: RpcServer, queues: FakeInstance) -> None:
@@ -856,7 +872,7 @@ def test_non_utf8_queue_name(namespace: str) -> None:
     q = Queue(b"q\xff", create=True, namespace=namespace)
     try:
         q.add("k", "v")
-        s = RpcServer(FakeInstance({q.name: q}), None)
+        s = mq_server(FakeInstance({q.name: q}), None)
         sizes = s.call("mqueue.get_sizes")
         assert sizes == [{"name": "q\ufffd", "name_b64": "cf8=", "size": 1}]
         # addressable with the surrogateescape spelling
