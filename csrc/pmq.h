@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* pmq_build.py: cdef begins */
+
 #define PMQ_OK 0
 #define PMQ_DUPLICATE 1 /* addmode 1: an item with this key exists; nothing added */
 
@@ -119,5 +121,7 @@ void pmq_set_lock_timeout(int64_t timeout_ns);
  * next mutating operation, or take the lock and return without releasing it. */
 void pmq_test_crash_at(int point);
 int pmq_test_hold_lock(pmq_queue *q);
+
+/* pmq_build.py: cdef ends */
 
 #endif

@@ -101,6 +101,25 @@ static inline uint32_t pmq_abi(void) {
                       (sizeof(pmq_state) << 16));
 }
 
+/* ---- helpers shared by ring.c, index.c and recover.c ------------------------------- */
+
+static inline const pmq_state *pmq_published(const pmq_queue *q) { return &q->h->st[q->h->cur]; }
+
+/* Offset in the ring of monotonic position pos. */
+static inline uint64_t pmq_phys(const pmq_queue *q, uint64_t pos) { return pos % q->h->data_cap; }
+
+/* Position where the next record boundary after `pos` may start (skips padding). */
+static inline uint64_t pmq_to_boundary(const pmq_queue *q, uint64_t pos) {
+    return pos + (q->h->data_cap - pmq_phys(q, pos));
+}
+
+static inline const uint8_t *pmq_rec_key(const pmq_rec *r) { return (const uint8_t *)(r + 1); }
+
+typedef struct pmq_rec_ref {
+    pmq_rec *rec; /* NULL: padding, skip to `next` */
+    uint64_t next;
+} pmq_rec_ref;
+
 /* lock.c */
 int pmq_lock(pmq_queue *q);
 void pmq_unlock(pmq_queue *q);
@@ -110,9 +129,21 @@ void pmq_unlock(pmq_queue *q);
 int pmq_cond_wait(pmq_queue *q, pthread_cond_t *cond, const struct timespec *deadline);
 int pmq_deadline(int64_t timeout_ns, struct timespec *out);
 
-/* ring.c (used by recovery) */
+/* ring.c */
 pmq_state *pmq_begin(pmq_queue *q);
 void pmq_commit(pmq_queue *q);
+/* Reads the record at pos (< tail). Returns PMQ_E_CORRUPT if it does not fit. */
+int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *out);
+
+/* index.c: the key index of addmodes 1 and 2 (open addressing, linear probing) */
+uint64_t pmq_hash_key(const uint8_t *k, size_t n);
+/* The slot holding key, or -1. */
+int64_t pmq_index_find(const pmq_queue *q, const uint8_t *key, size_t klen, uint64_t hash);
+int pmq_index_insert(pmq_queue *q, uint64_t pos, uint64_t hash);
+/* Removes the entry of the record r at pos, if the index has one. */
+void pmq_index_remove_rec(pmq_queue *q, uint64_t pos, const pmq_rec *r);
+
+/* recover.c */
 int pmq_recover_locked(pmq_queue *q);
 
 /* test hooks */

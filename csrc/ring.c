@@ -1,4 +1,5 @@
-/* The record ring: add, fetch, batches, overflow policies, addmode index, recovery.
+/* The record ring: add, fetch, batches, overflow policies (the index is in index.c,
+ * recovery in recover.c).
  *
  * Positions (head, tail) grow monotonically; a record lives at position % data_cap and never
  * straddles the end of the ring (a WRAP record, or fewer than sizeof(pmq_rec) bytes, pads to
@@ -24,34 +25,19 @@ void pmq_commit(pmq_queue *q) {
     __atomic_store_n(&q->h->cur, 1u - q->h->cur, __ATOMIC_RELEASE);
 }
 
-static inline const pmq_state *published(const pmq_queue *q) { return &q->h->st[q->h->cur]; }
-
 /* ---- records ----------------------------------------------------------------------- */
 
-static inline uint64_t phys(const pmq_queue *q, uint64_t pos) { return pos % q->h->data_cap; }
-
-/* Position where the next record boundary after `pos` may start (skips padding). */
-static inline uint64_t to_boundary(const pmq_queue *q, uint64_t pos) {
-    return pos + (q->h->data_cap - phys(q, pos));
-}
-
-typedef struct {
-    pmq_rec *rec; /* NULL: padding, skip to `next` */
-    uint64_t next;
-} rec_ref;
-
-/* Reads the record at pos (< tail). Returns PMQ_E_CORRUPT if it does not fit. */
-static int read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, rec_ref *out) {
-    uint64_t cap = q->h->data_cap, off = phys(q, pos);
+int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *out) {
+    uint64_t cap = q->h->data_cap, off = pmq_phys(q, pos);
     if (cap - off < sizeof(pmq_rec)) {
         out->rec = NULL;
-        out->next = to_boundary(q, pos);
+        out->next = pmq_to_boundary(q, pos);
         return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
     }
     pmq_rec *r = (pmq_rec *)(q->data + off);
     if (r->flags & REC_WRAP) {
         out->rec = NULL;
-        out->next = to_boundary(q, pos);
+        out->next = pmq_to_boundary(q, pos);
         return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
     }
     uint64_t size = pmq_rec_size(r->klen, r->vlen);
@@ -63,115 +49,31 @@ static int read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, rec_ref *ou
     return PMQ_OK;
 }
 
-static inline const uint8_t *rec_key(const pmq_rec *r) { return (const uint8_t *)(r + 1); }
-
-/* ---- key index (addmode 1 and 2) --------------------------------------------------- */
-
-static uint64_t hash_key(const uint8_t *k, size_t n) {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xC2B2AE3D27D4EB4FULL);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, k, 8);
-        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
-        h ^= h >> 29;
-        k += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    memcpy(&w, k, n);
-    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 32;
-    return h;
-}
-
-/* Whether the record at pos has this key. The position comes from the index, so the
- * record's length is checked against the ring before its bytes are compared. */
-static int key_at(const pmq_queue *q, uint64_t pos, const uint8_t *key, size_t klen) {
-    uint64_t off = phys(q, pos), room = q->h->data_cap - off;
-    if (room < sizeof(pmq_rec)) return 0;
-    const pmq_rec *r = (const pmq_rec *)(q->data + off);
-    return r->klen == klen && klen <= room - sizeof(pmq_rec) &&
-           memcmp(rec_key(r), key, klen) == 0;
-}
-
-/* Finds the slot holding key; returns its index or -1. */
-static int64_t index_find(const pmq_queue *q, const uint8_t *key, size_t klen, uint64_t hash) {
-    uint64_t mask = q->h->index_slots - 1;
-    for (uint64_t i = hash & mask, n = 0; n <= mask; i = (i + 1) & mask, n++) {
-        const pmq_slot *s = &q->index[i];
-        if (s->pos1 == 0) return -1;
-        if (s->hash == hash && key_at(q, s->pos1 - 1, key, klen)) return (int64_t)i;
-    }
-    return -1;
-}
-
-/* The table is sized for twice the most live items, so a free slot always exists; the
- * bound only matters for a segment whose bytes were forged. */
-static int index_insert(pmq_queue *q, uint64_t pos, uint64_t hash) {
-    uint64_t mask = q->h->index_slots - 1;
-    uint64_t i = hash & mask;
-    for (uint64_t n = 0; q->index[i].pos1 != 0; i = (i + 1) & mask)
-        if (++n > mask) return PMQ_E_CORRUPT;
-    q->index[i].pos1 = pos + 1;
-    q->index[i].hash = hash;
-    return PMQ_OK;
-}
-
-/* Removes slot i, shifting later entries of the probe run back (no tombstones). */
-static void index_remove_slot(pmq_queue *q, uint64_t i) {
-    uint64_t mask = q->h->index_slots - 1;
-    uint64_t j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (q->index[j].pos1 == 0) break;
-        uint64_t k = q->index[j].hash & mask;
-        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
-        if (stays) continue;
-        q->index[i] = q->index[j];
-        i = j;
-    }
-    q->index[i].pos1 = 0;
-    q->index[i].hash = 0;
-}
-
-static void index_remove_rec(pmq_queue *q, uint64_t pos, const pmq_rec *r) {
-    if (q->index == NULL) return;
-    uint64_t hash = hash_key(rec_key(r), r->klen);
-    uint64_t mask = q->h->index_slots - 1;
-    for (uint64_t i = hash & mask, n = 0; n <= mask; i = (i + 1) & mask, n++) {
-        if (q->index[i].pos1 == 0) return;
-        if (q->index[i].pos1 == pos + 1) {
-            index_remove_slot(q, i);
-            return;
-        }
-    }
-}
-
 /* ---- removal from the head ---------------------------------------------------------- */
 
 /* Skips padding and tombstones at w->head. */
 static int skip_dead(pmq_queue *q, pmq_state *w) {
     while (w->head < w->tail) {
-        rec_ref ref;
-        int rc = read_rec(q, w->head, w->tail, &ref);
+        pmq_rec_ref ref;
+        int rc = pmq_read_rec(q, w->head, w->tail, &ref);
         if (rc != PMQ_OK) return rc;
         if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB)) break;
         w->head = ref.next;
     }
-    if (w->head == w->tail && phys(q, w->head) != 0) {
+    if (w->head == w->tail && pmq_phys(q, w->head) != 0) {
         /* Empty: restart at the ring's start so any item up to data_cap fits. */
-        w->head = w->tail = to_boundary(q, w->head);
+        w->head = w->tail = pmq_to_boundary(q, w->head);
     }
     return PMQ_OK;
 }
 
 /* Removes the live record at w->head (after skip_dead); counts it by the caller. */
 static int pop_head(pmq_queue *q, pmq_state *w, pmq_rec **out) {
-    rec_ref ref;
-    int rc = read_rec(q, w->head, w->tail, &ref);
+    pmq_rec_ref ref;
+    int rc = pmq_read_rec(q, w->head, w->tail, &ref);
     if (rc != PMQ_OK) return rc;
     if (ref.rec == NULL) return PMQ_E_CORRUPT;
-    index_remove_rec(q, w->head, ref.rec);
+    pmq_index_remove_rec(q, w->head, ref.rec);
     w->count--;
     w->bytes -= (uint64_t)ref.rec->klen + ref.rec->vlen;
     w->head = ref.next;
@@ -183,7 +85,7 @@ static int pop_head(pmq_queue *q, pmq_state *w, pmq_rec **out) {
 
 static inline uint64_t room_needed(const pmq_queue *q, const pmq_state *w, uint64_t size) {
     if (w->head == w->tail) return size; /* the write restarts an empty ring at 0 */
-    uint64_t left = q->h->data_cap - phys(q, w->tail);
+    uint64_t left = q->h->data_cap - pmq_phys(q, w->tail);
     return left >= size ? size : left + size;
 }
 
@@ -206,7 +108,7 @@ static void wake_getters(pmq_queue *q, uint64_t count_before, uint64_t added) {
 static void wake_putters(pmq_queue *q, uint64_t count_before, uint64_t used_before) {
     const pmq_header *h = q->h;
     if (h->putters_waiting == 0) return;
-    const pmq_state *s = published(q);
+    const pmq_state *s = pmq_published(q);
     uint64_t used = s->tail - s->head;
     uint64_t low_bytes = h->data_cap - h->data_cap / 4;
     int wake = s->count == 0 || (used_before > low_bytes && used <= low_bytes);
@@ -229,128 +131,168 @@ static int wait_or_give_up(pmq_queue *q, pthread_cond_t *cond, uint32_t *waiters
     return rc == 1 ? give_up_code : PMQ_OK;
 }
 
+/* One item being added: what it is and what it may replace. */
+typedef struct add_req {
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+    uint64_t size;   /* bytes of its record */
+    uint64_t hash;   /* of its key (addmodes 1 and 2) */
+    uint64_t victim; /* position of the live record with the same key (addmode 2), or NONE */
+} add_req;
+
+#define LOOK_AGAIN 1 /* the published state changed: start the add over */
+
+/* Step 1 (addmodes 1 and 2): look the key up. Keep-oldest ignores a duplicate (counted);
+ * keep-newest remembers the record the new one replaces. */
+static int find_same_key(pmq_queue *q, add_req *a) {
+    a->victim = PMQ_NONE;
+    if (q->index == NULL) return PMQ_OK;
+    a->hash = pmq_hash_key(a->key, a->klen);
+    int64_t slot = pmq_index_find(q, a->key, a->klen, a->hash);
+    if (slot < 0) return PMQ_OK;
+    if (q->h->addmode == PMQ_ADDMODE_KEEP_OLDEST) {
+        pmq_state *w = pmq_begin(q);
+        w->duplicates++;
+        pmq_commit(q);
+        return PMQ_DUPLICATE;
+    }
+    a->victim = q->index[slot].pos1 - 1;
+    return PMQ_OK;
+}
+
+/* Items the add brings: a replacement keeps the count. */
+static inline int extra_items(const add_req *a) { return a->victim == PMQ_NONE ? 1 : 0; }
+
+/* Reject policy: refuse (counted). Block policy: wait for a change, or give up; the caller
+ * may try again after a slice and reports its final refusal with pmq_note_rejected(). */
+static int refuse_or_wait(pmq_queue *q, const struct timespec *deadline, int forever) {
+    pmq_header *h = q->h;
+    if (h->policy == PMQ_POLICY_BLOCK) {
+        int rc = wait_or_give_up(q, &h->not_full, &h->putters_waiting, deadline, forever,
+                                 PMQ_E_FULL);
+        return rc == PMQ_OK ? LOOK_AGAIN : rc;
+    }
+    pmq_state *w = pmq_begin(q);
+    w->rejected++;
+    pmq_commit(q);
+    return PMQ_E_FULL;
+}
+
+/* Drop-oldest policy: remove items from the head of the working state w until the new one
+ * fits, then publish, before any byte of the dropped records is overwritten. */
+static int drop_oldest(pmq_queue *q, pmq_state *w, add_req *a) {
+    while (!has_room(q, w, a->size, extra_items(a))) {
+        int rc = skip_dead(q, w);
+        if (rc != PMQ_OK) return rc;
+        if (w->count == 0) break; /* an empty ring always has room */
+        pmq_rec *r;
+        uint64_t pos = w->head;
+        rc = pop_head(q, w, &r);
+        if (rc != PMQ_OK) return rc;
+        w->dropped++;
+        if (pos == a->victim) a->victim = PMQ_NONE; /* dropped: nothing left to replace */
+        rc = skip_dead(q, w);
+        if (rc != PMQ_OK) return rc;
+    }
+    if (!has_room(q, w, a->size, extra_items(a))) return PMQ_E_CORRUPT;
+    pmq_commit(q);
+    pmq_crash_check(3);
+    return PMQ_OK;
+}
+
+/* Step 2: make room for the record under the queue's policy. PMQ_OK: it fits now. */
+static int make_room(pmq_queue *q, add_req *a, const struct timespec *deadline, int forever) {
+    const pmq_state *s = pmq_published(q);
+    if (has_room(q, s, a->size, extra_items(a))) return PMQ_OK;
+    /* Padding and tombstones at the head are free to reclaim under any policy. */
+    pmq_state *w = pmq_begin(q);
+    int rc = skip_dead(q, w);
+    if (rc != PMQ_OK) return rc;
+    if (w->head != s->head) {
+        pmq_commit(q);
+        return LOOK_AGAIN;
+    }
+    if (q->h->policy != PMQ_POLICY_DROP_OLDEST) return refuse_or_wait(q, deadline, forever);
+    return drop_oldest(q, w, a);
+}
+
+/* Step 3: write the record into the free space past the tail of the working state w (pads
+ * to the ring's end first if it does not fit there). Nothing is visible yet. */
+static uint64_t write_record(pmq_queue *q, pmq_state *w, const add_req *a) {
+    uint64_t cap = q->h->data_cap;
+    if (w->head == w->tail) w->head = w->tail = w->tail + (cap - pmq_phys(q, w->tail)) % cap;
+    uint64_t left = cap - pmq_phys(q, w->tail);
+    if (left < a->size) {
+        if (left >= sizeof(pmq_rec)) {
+            pmq_rec *pad = (pmq_rec *)(q->data + pmq_phys(q, w->tail));
+            memset(pad, 0, sizeof(*pad));
+            pad->flags = REC_WRAP;
+        }
+        w->tail += left;
+    }
+    uint64_t pos = w->tail;
+    pmq_rec *r = (pmq_rec *)(q->data + pmq_phys(q, pos));
+    r->klen = a->klen;
+    r->vlen = a->vlen;
+    r->id = w->next_id;
+    r->flags = 0;
+    pmq_crash_check(2);
+    memcpy((uint8_t *)(r + 1), a->key, a->klen);
+    memcpy((uint8_t *)(r + 1) + a->klen, a->val, a->vlen);
+    r->check = pmq_rec_check(a->klen, a->vlen, w->next_id);
+    return pos;
+}
+
+/* Step 4: account for the record at pos (and the one it replaces) in w, update the index,
+ * publish, then tombstone the replaced record. */
+static int publish_add(pmq_queue *q, pmq_state *w, const add_req *a, uint64_t pos) {
+    pmq_header *h = q->h;
+    w->next_id++;
+    w->tail = pos + a->size;
+    w->count++;
+    w->bytes += (uint64_t)a->klen + a->vlen;
+    w->added++;
+    if (q->index != NULL) {
+        if (a->victim != PMQ_NONE) {
+            const pmq_rec *old = (const pmq_rec *)(q->data + pmq_phys(q, a->victim));
+            pmq_index_remove_rec(q, a->victim, old);
+            w->count--;
+            w->bytes -= (uint64_t)old->klen + old->vlen;
+            w->replaced++;
+            w->pending_tomb = a->victim;
+        }
+        if (pmq_index_insert(q, pos, a->hash) != PMQ_OK) return PMQ_E_CORRUPT;
+    }
+    if (w->count > w->high_water) w->high_water = w->count;
+    pmq_crash_check(4);
+    pmq_commit(q);
+    pmq_crash_check(5);
+    if (a->victim != PMQ_NONE) {
+        ((pmq_rec *)(q->data + pmq_phys(q, a->victim)))->flags |= REC_TOMB;
+        h->st[h->cur].pending_tomb = PMQ_NONE;
+    }
+    return PMQ_OK;
+}
+
 /* Adds one item with the lock held (held again on return, whatever the result). Wakes
  * waiting consumers unless `quiet` (a batch wakes them once at its end). */
 static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uint8_t *val,
                       uint32_t vlen, const struct timespec *deadline, int forever, int quiet) {
-    pmq_header *h = q->h;
-    uint64_t size = pmq_rec_size(klen, vlen);
-    uint64_t hash = 0;
-    for (;;) {
-        const pmq_state *s = published(q);
-        int64_t victim_slot = -1;
-        uint64_t victim = PMQ_NONE;
-        if (q->index != NULL) {
-            hash = hash_key(key, klen);
-            victim_slot = index_find(q, key, klen, hash);
-            if (victim_slot >= 0) {
-                if (h->addmode == PMQ_ADDMODE_KEEP_OLDEST) {
-                    pmq_state *w = pmq_begin(q);
-                    w->duplicates++;
-                    pmq_commit(q);
-                    return PMQ_DUPLICATE;
-                }
-                victim = q->index[victim_slot].pos1 - 1;
-            }
-        }
-        int extra = victim == PMQ_NONE ? 1 : 0;
-        if (!has_room(q, s, size, extra)) {
-            /* Padding and tombstones at the head are free to reclaim under any policy. */
-            pmq_state *w = pmq_begin(q);
-            int rc = skip_dead(q, w);
-            if (rc != PMQ_OK) return rc;
-            if (w->head != s->head) {
-                pmq_commit(q);
-                continue;
-            }
-            if (h->policy != PMQ_POLICY_DROP_OLDEST) {
-                int rc = h->policy == PMQ_POLICY_BLOCK
-                             ? wait_or_give_up(q, &h->not_full, &h->putters_waiting, deadline,
-                                               forever, PMQ_E_FULL)
-                             : PMQ_E_FULL;
-                if (rc == PMQ_OK) continue; /* state changed: look again */
-                if (rc == PMQ_E_FULL && h->policy == PMQ_POLICY_REJECT) {
-                    /* Under the block policy a caller may try again after a slice; it
-                     * reports its final refusal with pmq_note_rejected(). */
-                    pmq_state *w = pmq_begin(q);
-                    w->rejected++;
-                    pmq_commit(q);
-                }
-                return rc;
-            }
-            /* Drop the oldest items until the new one fits; published before any byte of
-             * the dropped records is overwritten. */
-            while (!has_room(q, w, size, extra)) {
-                rc = skip_dead(q, w);
-                if (rc != PMQ_OK) return rc;
-                if (w->count == 0) break; /* an empty ring always has room */
-                pmq_rec *r;
-                uint64_t pos = w->head;
-                rc = pop_head(q, w, &r);
-                if (rc != PMQ_OK) return rc;
-                w->dropped++;
-                if (pos == victim) {
-                    victim = PMQ_NONE;
-                    extra = 1;
-                }
-                rc = skip_dead(q, w);
-                if (rc != PMQ_OK) return rc;
-            }
-            if (!has_room(q, w, size, extra)) return PMQ_E_CORRUPT;
-            pmq_commit(q);
-            pmq_crash_check(3);
-        }
-
-        /* Write the record in the free space past the published tail. */
-        pmq_state *w = pmq_begin(q);
-        if (w->head == w->tail) w->head = w->tail = w->tail + (h->data_cap - phys(q, w->tail)) % h->data_cap;
-        uint64_t left = h->data_cap - phys(q, w->tail);
-        if (left < size) {
-            if (left >= sizeof(pmq_rec)) {
-                pmq_rec *pad = (pmq_rec *)(q->data + phys(q, w->tail));
-                memset(pad, 0, sizeof(*pad));
-                pad->flags = REC_WRAP;
-            }
-            w->tail += left;
-        }
-        uint64_t pos = w->tail;
-        pmq_rec *r = (pmq_rec *)(q->data + phys(q, pos));
-        r->klen = klen;
-        r->vlen = vlen;
-        r->id = w->next_id;
-        r->flags = 0;
-        pmq_crash_check(2);
-        memcpy((uint8_t *)(r + 1), key, klen);
-        memcpy((uint8_t *)(r + 1) + klen, val, vlen);
-        r->check = pmq_rec_check(klen, vlen, w->next_id);
-        uint64_t count_before = w->count;
-        w->next_id++;
-        w->tail = pos + size;
-        w->count++;
-        w->bytes += (uint64_t)klen + vlen;
-        w->added++;
-        if (q->index != NULL) {
-            if (victim != PMQ_NONE) {
-                const pmq_rec *old = (const pmq_rec *)(q->data + phys(q, victim));
-                index_remove_rec(q, victim, old);
-                w->count--;
-                w->bytes -= (uint64_t)old->klen + old->vlen;
-                w->replaced++;
-                w->pending_tomb = victim;
-            }
-            if (index_insert(q, pos, hash) != PMQ_OK) return PMQ_E_CORRUPT;
-        }
-        if (w->count > w->high_water) w->high_water = w->count;
-        pmq_crash_check(4);
-        pmq_commit(q);
-        pmq_crash_check(5);
-        if (victim != PMQ_NONE) {
-            ((pmq_rec *)(q->data + phys(q, victim)))->flags |= REC_TOMB;
-            h->st[h->cur].pending_tomb = PMQ_NONE;
-        }
-        if (!quiet) wake_getters(q, count_before, 1);
-        return PMQ_OK;
-    }
+    add_req a = {key, val, klen, vlen, pmq_rec_size(klen, vlen), 0, PMQ_NONE};
+    int rc;
+    do {
+        rc = find_same_key(q, &a);
+        if (rc != PMQ_OK) return rc;
+        rc = make_room(q, &a, deadline, forever);
+    } while (rc == LOOK_AGAIN);
+    if (rc != PMQ_OK) return rc;
+    pmq_state *w = pmq_begin(q);
+    uint64_t count_before = w->count;
+    uint64_t pos = write_record(q, w, &a);
+    rc = publish_add(q, w, &a, pos);
+    if (rc != PMQ_OK) return rc;
+    if (!quiet) wake_getters(q, count_before, 1);
+    return PMQ_OK;
 }
 
 static int check_item(const pmq_queue *q, size_t klen, size_t vlen) {
@@ -397,7 +339,7 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
     int forever, rc;
     if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
     if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    uint64_t count_before = published(q)->count;
+    uint64_t count_before = pmq_published(q)->count;
     const uint8_t *p = data;
     rc = PMQ_OK;
     for (size_t i = 0; i < n; i++) {
@@ -407,7 +349,7 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
         p += (size_t)klen + vlen;
         *done = i + 1;
     }
-    uint64_t count_after = published(q)->count;
+    uint64_t count_after = pmq_published(q)->count;
     if (count_after > count_before) wake_getters(q, count_before, count_after - count_before);
     pmq_unlock(q);
     return rc == PMQ_DUPLICATE ? PMQ_OK : rc;
@@ -440,7 +382,7 @@ static int copy_out(const pmq_rec *r, uint8_t *buf, size_t cap, size_t *used, ui
         lens[1] = r->vlen;
         return PMQ_E_BUFSMALL;
     }
-    memcpy(buf + *used, rec_key(r), len);
+    memcpy(buf + *used, pmq_rec_key(r), len);
     lens[2 * n] = r->klen;
     lens[2 * n + 1] = r->vlen;
     *used += len;
@@ -459,12 +401,12 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
     rc = wait_item(q, deadline, forever);
     if (rc == PMQ_OK) {
         pmq_state *w = &q->h->st[1u - q->h->cur];
-        const pmq_state *s = published(q);
+        const pmq_state *s = pmq_published(q);
         uint64_t count_before = s->count, used_before = s->tail - s->head;
         size_t used = 0, n = 0;
         while (n < max_n && w->count > 0) {
-            rec_ref ref;
-            rc = read_rec(q, w->head, w->tail, &ref);
+            pmq_rec_ref ref;
+            rc = pmq_read_rec(q, w->head, w->tail, &ref);
             if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
             if (rc != PMQ_OK) break;
             int fit = copy_out(ref.rec, buf, cap, &used, lens, n);
@@ -507,18 +449,18 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
     *got = 0;
     int rc = pmq_lock(q);
     if (rc != PMQ_OK) return rc;
-    const pmq_state *s = published(q);
+    const pmq_state *s = pmq_published(q);
     uint64_t pos = s->head;
     if (*cursor_pos > s->head && *cursor_pos < s->tail && (*cursor_pos & 7u) == 0) {
-        rec_ref hint;
-        if (read_rec(q, *cursor_pos, s->tail, &hint) == PMQ_OK && hint.rec != NULL &&
+        pmq_rec_ref hint;
+        if (pmq_read_rec(q, *cursor_pos, s->tail, &hint) == PMQ_OK && hint.rec != NULL &&
             hint.rec->id <= *cursor_id)
             pos = *cursor_pos;
     }
     size_t used = 0, n = 0;
     while (pos < s->tail && n < max_n) {
-        rec_ref ref;
-        rc = read_rec(q, pos, s->tail, &ref);
+        pmq_rec_ref ref;
+        rc = pmq_read_rec(q, pos, s->tail, &ref);
         if (rc != PMQ_OK) break;
         const pmq_rec *r = ref.rec;
         if (r != NULL && !(r->flags & REC_TOMB) && r->id >= *cursor_id) {
@@ -549,7 +491,7 @@ int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns) {
     if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
     pmq_header *h = q->h;
     for (;;) {
-        const pmq_state *s = published(q);
+        const pmq_state *s = pmq_published(q);
         int ready;
         if (what == PMQ_WAIT_READABLE) {
             ready = s->count > 0;
@@ -584,7 +526,7 @@ int pmq_note_rejected(pmq_queue *q, uint64_t n) {
 int pmq_count(pmq_queue *q, uint64_t *count) {
     int rc = pmq_lock(q);
     if (rc != PMQ_OK) return rc;
-    *count = published(q)->count;
+    *count = pmq_published(q)->count;
     pmq_unlock(q);
     return PMQ_OK;
 }
@@ -592,7 +534,7 @@ int pmq_count(pmq_queue *q, uint64_t *count) {
 int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     int rc = pmq_lock(q);
     if (rc != PMQ_OK) return rc;
-    const pmq_state *s = published(q);
+    const pmq_state *s = pmq_published(q);
     out->items = s->count;
     out->bytes = s->bytes;
     out->ring_used = s->tail - s->head;
@@ -608,53 +550,5 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     out->getters_waiting = q->h->getters_waiting;
     out->putters_waiting = q->h->putters_waiting;
     pmq_unlock(q);
-    return PMQ_OK;
-}
-
-/* ---- recovery ----------------------------------------------------------------------- */
-
-/* The previous holder died mid-operation. The published state is whole by construction;
- * what may be stale is everything derived from it: a tombstone not yet set, the index,
- * the waiter counts. Rebuild those from a scan of the published records. */
-int pmq_recover_locked(pmq_queue *q) {
-    pmq_header *h = q->h;
-    if (h->cur > 1) return PMQ_E_CORRUPT;
-    pmq_state *w = pmq_begin(q);
-    if (w->head > w->tail || w->tail - w->head > h->data_cap) return PMQ_E_CORRUPT;
-    if (w->pending_tomb != PMQ_NONE) {
-        if (w->pending_tomb < w->head || w->pending_tomb >= w->tail) return PMQ_E_CORRUPT;
-        rec_ref ref;
-        if (read_rec(q, w->pending_tomb, w->tail, &ref) != PMQ_OK || ref.rec == NULL)
-            return PMQ_E_CORRUPT;
-        ref.rec->flags |= REC_TOMB;
-        w->pending_tomb = PMQ_NONE;
-    }
-    uint64_t count = 0, bytes = 0;
-    for (uint64_t pos = w->head; pos < w->tail;) {
-        rec_ref ref;
-        if (read_rec(q, pos, w->tail, &ref) != PMQ_OK) return PMQ_E_CORRUPT;
-        if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB)) {
-            count++;
-            bytes += (uint64_t)ref.rec->klen + ref.rec->vlen;
-        }
-        pos = ref.next;
-    }
-    if (count != w->count || bytes != w->bytes) return PMQ_E_CORRUPT;
-    if (h->max_items > 0 && count > (uint64_t)h->max_items) return PMQ_E_CORRUPT;
-    if (q->index != NULL) {
-        memset(q->index, 0, h->index_slots * sizeof(pmq_slot));
-        for (uint64_t pos = w->head; pos < w->tail;) {
-            rec_ref ref;
-            (void)read_rec(q, pos, w->tail, &ref); /* validated by the pass above */
-            if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB) &&
-                index_insert(q, pos, hash_key(rec_key(ref.rec), ref.rec->klen)) != PMQ_OK)
-                return PMQ_E_CORRUPT;
-            pos = ref.next;
-        }
-    }
-    w->recoveries++;
-    /* A waiter that died while waiting leaves its count behind: that costs a few needless
-     * wake-ups, never a missed one, so the counts are left alone (live waiters own theirs). */
-    pmq_commit(q);
     return PMQ_OK;
 }
