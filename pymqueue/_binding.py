@@ -29,6 +29,7 @@ DUPLICATE = lib.PMQ_DUPLICATE
 E_EMPTY = lib.PMQ_E_EMPTY
 E_FULL = lib.PMQ_E_FULL
 E_BUFSMALL = lib.PMQ_E_BUFSMALL
+E_LOCKTIMEOUT = lib.PMQ_E_LOCKTIMEOUT
 NAME_MAX = lib.PMQ_NAME_MAX
 MIN_CAPACITY = lib.PMQ_MIN_CAPACITY
 RECORD_OVERHEAD = lib.PMQ_RECORD_OVERHEAD
@@ -87,6 +88,12 @@ _MESSAGES: dict[int, tuple[type[errors.QueueError], str]] = {
         errors.InvalidSegment,
         "queue {name!r} failed validation: its shared memory was overwritten{detail}",
     ),
+    lib.PMQ_E_CLOSED: (errors.QueueClosed, "queue {name!r} is closed{detail}"),
+    lib.PMQ_E_UNTRUSTED: (
+        errors.UntrustedSegment,
+        "shared-memory object of queue {name!r} is owned by another user or writable by "
+        "others; not used{detail}",
+    ),
 }
 
 
@@ -124,7 +131,9 @@ def new_config(max_items: int, capacity: int, policy: int, addmode: int) -> Any:
 def create(shm: bytes, raw_name: bytes, cfg: Any, exclusive: bool, name: str) -> tuple[Any, bool]:
     out = ffi.new("pmq_queue **")
     created = ffi.new("int *")
-    rc = lib.pmq_create(shm, raw_name, len(raw_name), cfg, int(exclusive), out, created)
+    rc = lib.pmq_create(
+        shm, raw_name, len(raw_name), cfg, int(exclusive), ffi.NULL, out, created
+    )
     if rc != OK:
         raise_for(rc, name)
     return ffi.gc(out[0], lib.pmq_close), bool(created[0])
@@ -132,7 +141,7 @@ def create(shm: bytes, raw_name: bytes, cfg: Any, exclusive: bool, name: str) ->
 
 def open_(shm: bytes, name: str) -> Any:
     out = ffi.new("pmq_queue **")
-    rc = lib.pmq_open(shm, out)
+    rc = lib.pmq_open(shm, ffi.NULL, out)
     if rc != OK:
         raise_for(rc, name)
     return ffi.gc(out[0], lib.pmq_close)

@@ -48,6 +48,7 @@ _DUPLICATE = B.DUPLICATE
 _E_EMPTY = B.E_EMPTY
 _E_FULL = B.E_FULL
 _E_BUFSMALL = B.E_BUFSMALL
+_E_LOCKTIMEOUT = B.E_LOCKTIMEOUT
 
 Key = str | bytes | bytearray | memoryview
 
@@ -403,7 +404,7 @@ class Queue:
         rc: int = _pmq_add(handle, k, len(k), v, len(v), 0)
         if rc == _OK:
             return True
-        if rc == _E_FULL and self._block and timeout != 0:
+        if rc == _E_LOCKTIMEOUT or (rc == _E_FULL and self._block and timeout != 0):
             rc = self._wait_loop(
                 lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL
             )
@@ -427,19 +428,34 @@ class Queue:
     @staticmethod
     def _wait_loop(call: Any, timeout: float | None, give_up: int) -> int:
         """Call ``call(slice_ns)`` until it returns something else than ``give_up`` or the
-        timeout passes; between slices Python runs signal handlers (Ctrl-C)."""
-        if timeout is None:
-            while True:
-                rc: int = call(_SLICE_NS)
-                if rc != give_up:
-                    return rc
-        if timeout < 0:
+        timeout passes; between slices Python runs signal handlers (Ctrl-C). A slice that
+        did not get the lock (``PMQ_E_LOCKTIMEOUT``: C bounds every lock wait by the slice)
+        is tried again until the deadline or, without one (timeout None or 0), until the
+        lock stayed out of reach for the process lock timeout."""
+        if timeout is not None and timeout < 0:
             raise ValueError("timeout must be None or >= 0")
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lock_limit = None
         while True:
-            remaining = deadline - time.monotonic()
-            ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
-            rc = call(ns)
+            if deadline is None:
+                remaining = WAIT_SLICE
+                ns = _SLICE_NS
+            else:
+                remaining = deadline - time.monotonic()
+                ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
+            rc: int = call(ns)
+            if rc == _E_LOCKTIMEOUT:
+                now = time.monotonic()
+                if timeout:  # a deadline: it bounds the lock waits too
+                    if now >= deadline:  # type: ignore[operator]
+                        return rc
+                    continue
+                if lock_limit is None:
+                    lock_limit = now + B.lib.pmq_get_lock_timeout() / _NS
+                if now >= lock_limit:
+                    return rc
+                continue
+            lock_limit = None
             if rc != give_up or remaining <= 0:
                 return rc
 
@@ -466,7 +482,7 @@ class Queue:
         """fetch() after a first try that found nothing, or an item too big for the buffer."""
         try:
             while True:
-                if rc == _E_EMPTY and timeout != 0:
+                if rc == _E_LOCKTIMEOUT or (rc == _E_EMPTY and timeout != 0):
                     rc = self._wait_loop(
                         lambda ns, b=buf: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
                         timeout,
@@ -521,7 +537,7 @@ class Queue:
         total = 0
         rc = lib.pmq_add_many(handle, clens, data, n, done, 0)
         total = done[0]
-        if rc == _E_FULL and self._block and timeout != 0:
+        if rc == _E_LOCKTIMEOUT or (rc == _E_FULL and self._block and timeout != 0):
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
 
@@ -565,9 +581,10 @@ class Queue:
         try:
             while len(out) < max_items:
                 want = max_items - len(out)
+                rc = -1
                 if wait == 0:
                     rc = lib.pmq_fetch_many(handle, buf.cdata, buf.size, lens, want, got, 0)
-                else:
+                if wait != 0 or rc == _E_LOCKTIMEOUT:
                     rc = self._wait_loop(
                         lambda ns, b=buf, n=want: lib.pmq_fetch_many(
                             handle, b.cdata, b.size, lens, n, got, ns
@@ -680,10 +697,7 @@ class Queue:
         handle = self._h()
         what = B.lib.PMQ_WAIT_READABLE if readable else B.lib.PMQ_WAIT_WRITABLE
         give_up = B.E_EMPTY if readable else B.E_FULL
-        if timeout == 0:
-            rc = B.lib.pmq_wait(handle, what, 0)
-        else:
-            rc = self._wait_loop(lambda ns: B.lib.pmq_wait(handle, what, ns), timeout, give_up)
+        rc = self._wait_loop(lambda ns: B.lib.pmq_wait(handle, what, 0, ns), timeout, give_up)
         if rc == 0:
             return True
         if rc == give_up:
