@@ -13,7 +13,11 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pmq_internal.h"
 
@@ -80,6 +84,23 @@ static int owner_is_gone(const pmq_queue *q, uint32_t *last) {
     return kill((pid_t)tid, 0) != 0 && errno == ESRCH;
 }
 
+/* glibc's pthread_mutex_trylock() answers ENOTRECOVERABLE with the lock word still holding
+ * the caller's TID (it releases it only `if (oldval == id)`, and oldval was 0): the mutex
+ * would stay locked by us. Release the word the way glibc's unlock does, leaving the
+ * mutex's NOTRECOVERABLE mark alone. */
+static void release_unrecoverable(pmq_queue *q) {
+#ifdef __GLIBC__
+    int *word = &q->h->lock.__data.__lock;
+    if (((uint32_t)__atomic_load_n(word, __ATOMIC_RELAXED) & FUTEX_TID_MASK_) !=
+        (uint32_t)gettid())
+        return;
+    if ((uint32_t)__atomic_exchange_n(word, 0, __ATOMIC_RELEASE) & FUTEX_WAITERS)
+        syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+#else
+    (void)q;
+#endif
+}
+
 /* ---- taking the lock ------------------------------------------------------------------- */
 
 /* Called with the mutex held after EOWNERDEAD. */
@@ -132,7 +153,9 @@ static int acquired(pmq_queue *q, int rc) {
 
 int pmq_lock(pmq_queue *q, const pmq_call *c) {
     if (__atomic_load_n(&q->closing, __ATOMIC_ACQUIRE)) return PMQ_E_CLOSED;
+    if (__atomic_load_n(&q->h->poisoned, __ATOMIC_ACQUIRE)) return PMQ_E_CORRUPT;
     int rc = pthread_mutex_trylock(&q->h->lock);
+    if (rc == ENOTRECOVERABLE) release_unrecoverable(q);
     if (rc != EBUSY) return acquired(q, rc);
 
     int64_t now = pmq_now_ns();

@@ -157,7 +157,8 @@ void pmq_set_default_spin(int64_t ns);
 void pmq_set_spin(pmq_queue *q, int64_t ns);
 
 /* Test hooks: make this process kill itself with SIGKILL at a numbered point inside the
- * next mutating operation, or take the lock and return without releasing it. */
+ * next mutating operation (7: pmq_create, segment whole but not yet named), or take the
+ * lock and return without releasing it. */
 void pmq_test_crash_at(int point);
 int pmq_test_hold_lock(pmq_queue *q);
 
