@@ -131,9 +131,7 @@ def new_config(max_items: int, capacity: int, policy: int, addmode: int) -> Any:
 def create(shm: bytes, raw_name: bytes, cfg: Any, exclusive: bool, name: str) -> tuple[Any, bool]:
     out = ffi.new("pmq_queue **")
     created = ffi.new("int *")
-    rc = lib.pmq_create(
-        shm, raw_name, len(raw_name), cfg, int(exclusive), ffi.NULL, out, created
-    )
+    rc = lib.pmq_create(shm, raw_name, len(raw_name), cfg, int(exclusive), ffi.NULL, out, created)
     if rc != OK:
         raise_for(rc, name)
     return ffi.gc(out[0], lib.pmq_close), bool(created[0])

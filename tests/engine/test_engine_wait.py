@@ -225,7 +225,7 @@ def test_bounded_calls_return_by_their_deadline_while_a_stopped_process_holds_th
                 (lambda: q.add(b"k", b"v", timeout=0.3), 0.3),
                 (lambda: q.fetch_many(5, timeout=0.3), 0.3),
                 (lambda: q.wait(readable=False, timeout=0.3), 0.3),
-                (lambda: q.fetch(), 1.0),  # no deadline: the process lock timeout
+                (q.fetch, 1.0),  # no deadline: the process lock timeout
             ]:
                 t0 = time.monotonic()
                 with pytest.raises(pymqueue.LockTimeout):
@@ -325,8 +325,9 @@ def test_a_putter_waiting_for_room_for_a_large_item_is_woken(ctx: Any) -> None:
             # The fetch took the putter's sleep flag to wake it: the flag is up again only
             # once it looked and went back to sleep. Make more room only then.
             wait_until(
-                lambda: pipe.poll(0)
-                or (q.stats().putters_waiting == 1 and asleep_in_futex(putter.pid)),
+                lambda: (
+                    pipe.poll(0) or (q.stats().putters_waiting == 1 and asleep_in_futex(putter.pid))
+                ),
                 "the putter looks again",
             )
         assert pipe.recv() == 0
