@@ -27,6 +27,7 @@ __all__ = [
     "QueueExists",
     "QueueNotFound",
     "RpcError",
+    "UntrustedSegment",
 ]
 
 
@@ -64,6 +65,10 @@ class ItemTooLarge(QueueError, ValueError):
 
 class InvalidSegment(QueueError, OSError):
     """The shared-memory object is not a pymqueue queue this version understands."""
+
+
+class UntrustedSegment(QueueError, PermissionError):
+    """The shared-memory object is owned by another user or writable by others; unused."""
 
 
 class LockTimeout(QueueError, TimeoutError):
