@@ -509,6 +509,11 @@ class HtableModel:
         self.purge(now)
         return len(self._cells)
 
+    def entries(self, now: float) -> list[tuple[str, Value, float | None]]:
+        """``(key, value, expire)`` of the live cells (expire None: never)."""
+        self.purge(now)
+        return [(k, c.value, c.expire or None) for k, c in self._cells.items()]
+
     def snapshot(self, now: float) -> list[SyncCell]:
         """Live cells as sync cells (``expire`` absolute, 0 for a table without expiry)."""
         self.purge(now)
