@@ -30,6 +30,7 @@ import contextlib
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +67,21 @@ from pymqueue.dmq.nodes import NodeId, NodeStatus
 from pymqueue.dmq.thread import BusThread
 from pymqueue.errors import DmqError, DmqTimeout, HtableError, HtableValueError
 
-__all__ = ["SYNC_WINDOW", "BusLike", "Htable", "HtableChange", "HtableService", "HtableStats"]
+__all__ = [
+    "BROADCAST_WINDOW",
+    "SYNC_WINDOW",
+    "BusLike",
+    "Htable",
+    "HtableChange",
+    "HtableService",
+    "HtableStats",
+]
 
 SYNC_WINDOW = 2
 """Sync messages in flight at once towards one requester."""
+BROADCAST_WINDOW = 64
+"""Action broadcasts in flight at once (later ones wait, in order): a burst of writes must not
+overflow a Kamailio node's socket, whose single DMQ worker applies them one by one."""
 
 _CELL_ROOM = MAX_SYNC_BODY - len(b'{"cells":[]}')
 
@@ -132,6 +144,9 @@ class HtableService:
         self.stats = HtableStats()
         self.tables: dict[str, Htable] = {}
         self._need_sync = True
+        self._active_peers = 0  # updated in the loop, read by writers in any thread
+        self._pending: deque[bytes] = deque()  # actions waiting for a broadcast slot
+        self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         bus.register(channel, self._handle)
         bus.add_listener(self._on_event)
@@ -153,7 +168,7 @@ class HtableService:
             raise HtableError(f"this bus already holds a replica of {name!r} on {self.channel!r}")
         self.tables[name] = table
         # a table added once the tables were asked for: ask for this one
-        self.call_soon(lambda: self._sync_late(name))
+        self.call_wait(lambda: self._sync_late(name))
 
     def detach(self, table: Htable) -> None:
         if self.tables.get(table.name) is table:
@@ -177,6 +192,23 @@ class HtableService:
                 loop.call_soon_threadsafe(fn)
         return True
 
+    def call_wait(self, fn: Callable[[], object], timeout: float = 10.0) -> None:
+        """Run ``fn`` in the bus's loop and wait for it (at once if the bus is not running
+        or we are in its loop)."""
+        loop = self.bus.loop
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop is None or current is loop or not self.bus.running or loop.is_closed():
+            fn()
+            return
+
+        async def run() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self.bus.loop
         assert loop is not None
@@ -185,11 +217,32 @@ class HtableService:
         task.add_done_callback(self._tasks.discard)
 
     def broadcast(self, body: bytes) -> None:
-        """Send an action to every active node, fire-and-forget (thread-safe)."""
+        """Send an action to every active node, fire-and-forget (thread-safe). With no
+        active node at the time of the write nothing is sent, as in Kamailio."""
+        if not self._active_peers:
+            return
         self.stats.sent += 1
-        self.call_soon(lambda: self._spawn(self._broadcast(body)))
+        self.call_soon(lambda: self._queue(body))
+
+    def _queue(self, body: bytes) -> None:
+        self._pending.append(body)
+        self._pump()
+
+    def _pump(self) -> None:
+        # tasks start in creation order and bus.broadcast builds its datagrams before its
+        # first await: actions leave in the order they were made
+        while self._pending and self._in_flight < BROADCAST_WINDOW:
+            self._in_flight += 1
+            self._spawn(self._broadcast(self._pending.popleft()))
 
     async def _broadcast(self, body: bytes) -> None:
+        try:
+            await self._broadcast_now(body)
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    async def _broadcast_now(self, body: bytes) -> None:
         if not self.bus.running:
             return
         try:
@@ -216,6 +269,7 @@ class HtableService:
 
     # -- asking for tables
     def _on_event(self, event: DmqEvent) -> None:
+        self._active_peers = len(self._active())
         if isinstance(event, Joined):
             self._maybe_sync()
         elif isinstance(event, NodeUp):
@@ -231,6 +285,9 @@ class HtableService:
         self._spawn(self._request_sync(nodes, None))
 
     def _sync_late(self, name: str) -> None:
+        self._active_peers = len(self._active())
+        if self.bus.loop is None or not self.bus.running:
+            return  # not started: the join will ask for every table
         if self._need_sync:
             self._maybe_sync()
             return
