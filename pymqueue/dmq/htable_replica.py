@@ -474,6 +474,20 @@ class Htable(MutableMapping[str, Value]):
         self.service.broadcast(encode_action(Action.DELETE, self.name, key))
         self._emit([HtableChange(self.name, "delete", key, old, None)])
 
+    def forget(self, key: str) -> bool:
+        """Delete ``key`` here if present and replicate the delete in any case (what
+        ``htable.delete`` does); True if it was present."""
+        check_key(key)
+        with self._cond:
+            old = (
+                self._model.delete(key) if self._model.get(key, self._clock()) is not None else None
+            )
+            self._cond.notify_all()
+        self.service.broadcast(encode_action(Action.DELETE, self.name, key))
+        if old is not None:
+            self._emit([HtableChange(self.name, "delete", key, old, None)])
+        return old is not None
+
     def __iter__(self) -> Iterator[str]:
         with self._cond:
             return iter(self._model.keys(self._clock()))
