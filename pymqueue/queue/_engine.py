@@ -306,7 +306,9 @@ class Handle:
 
     def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:
         """``pmq_fetch_many``: up to ``want`` items into ``buf``/``batch``."""
-        rc: int = lib.pmq_fetch_many(self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns)
+        rc: int = lib.pmq_fetch_many(
+            self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns
+        )
         return rc
 
     def peek_many(self, buf: Buf, batch: Batch, want: int) -> int:

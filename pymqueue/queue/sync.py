@@ -268,7 +268,9 @@ class Queue:
         if rc == _OK:
             return True
         if rc == _E_FULL and self._block and timeout != 0:
-            rc = wait_loop(lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL)
+            rc = wait_loop(
+                lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL
+            )
             if rc == _OK:
                 return True
         engine = self._engine
