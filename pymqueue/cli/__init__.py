@@ -3,7 +3,8 @@
 Each area keeps its subcommands in a module of its own, one per README section, that defines
 ``register(subparsers)``: :mod:`~pymqueue.cli.queue` (``ls``, ``stats``, ``unlink``,
 ``get_size``, ``get_sizes``, ``fetch``, ``demo``), :mod:`~pymqueue.cli.serve` (``serve``),
-:mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``); what they share is in
+:mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``), :mod:`~pymqueue.cli.htable`
+(``htable get|set|setex|delete|dump|list``); what they share is in
 :mod:`~pymqueue.cli._common`. This file only lists those modules and dispatches.
 """
 
@@ -22,6 +23,7 @@ _COMMAND_MODULES = [
     "pymqueue.cli.queue",
     "pymqueue.cli.serve",
     "pymqueue.cli.dmq",
+    "pymqueue.cli.htable",
 ]
 
 
