@@ -143,6 +143,8 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
 int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns);
 
 int pmq_count(pmq_queue *q, uint64_t *count);
+/* The item count without taking the lock (never waits): a hint for displays (repr, top). */
+uint64_t pmq_count_hint(const pmq_queue *q);
 /* Block policy: count items whose caller gave up waiting for room. */
 int pmq_note_rejected(pmq_queue *q, uint64_t n);
 int pmq_get_stats(pmq_queue *q, pmq_stats *out);

@@ -560,6 +560,12 @@ int pmq_count(pmq_queue *q, uint64_t *count) {
     return PMQ_OK;
 }
 
+uint64_t pmq_count_hint(const pmq_queue *q) {
+    /* No lock: the published state's count, read once (an aligned 64-bit load). A writer
+     * may be publishing at that instant, so this is a hint for displays, never for logic. */
+    return __atomic_load_n(&pmq_published(q)->count, __ATOMIC_RELAXED);
+}
+
 int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;

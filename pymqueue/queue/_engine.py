@@ -365,6 +365,10 @@ class Handle:
             raise_for(rc, self.name)
         return int(out[0])
 
+    def count_hint(self) -> int:
+        """``pmq_count_hint``: the item count read without the lock (never waits)."""
+        return int(lib.pmq_count_hint(self.ptr))
+
     def add_many(self, lens: array[int], data: bytes, n: int, ns: int) -> tuple[int, int]:
         """``pmq_add_many`` of ``n`` items (``lens``: key, value lengths; ``data``: their
         bytes in order): (return code, items handled)."""

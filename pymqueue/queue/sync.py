@@ -297,12 +297,10 @@ class Queue:
 
     def __repr__(self) -> str:
         where = f"0x{id(self):x}"
-        if self._handle is None:
+        engine = self._engine
+        if engine is None:
             return f"<pymqueue.Queue {self._name!r} closed at {where}>"
-        try:
-            n = str(len(self))
-        except Exception:  # a repr never raises
-            n = "?"
+        n = engine.count_hint()  # never waits for the lock (a stopped holder, __del__)
         limit = f"/{self.max_items}" if self.max_items else ""
         extra = ""
         if self.policy != Overflow.DROP_OLDEST:
