@@ -496,8 +496,6 @@ class Queue:
         while len(out) < max_items:
             want = min(size, max_items - len(out))
             rc = engine.peek_many(buf, batch, want)
-            if rc == _E_LOCKTIMEOUT:  # a try-once call waits only briefly for the lock
-                rc = wait_loop(lambda _ns, b=buf, w=want: engine.peek_many(b, batch, w), 0, None)
             if rc == _E_BUFSMALL:
                 buf = Buf(max(batch.first_size(), 2 * buf.size))
                 continue
