@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ModuleNotFoundError as exc:
+        if exc.name != "pymqueue._pmq_c":
+            raise
+        print(exc, file=sys.stderr)  # one sentence naming the fix (pymqueue/__init__.py)
+        return 1
     try:
         status: int = args.func(args)
     except Error as exc:
