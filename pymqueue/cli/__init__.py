@@ -2,7 +2,8 @@
 
 Each area keeps its subcommands in a module of its own, one per README section, that defines
 ``register(subparsers)``: :mod:`~pymqueue.cli.queue` (``ls``, ``stats``, ``unlink``,
-``get_size``, ``get_sizes``, ``fetch``, ``demo``), :mod:`~pymqueue.cli.serve` (``serve``),
+``get_size``, ``get_sizes``, ``fetch``), :mod:`~pymqueue.cli.demo` (``demo``),
+:mod:`~pymqueue.cli.top` (``top``), :mod:`~pymqueue.cli.serve` (``serve``),
 :mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``); what they share is in
 :mod:`~pymqueue.cli._common`. This file only lists those modules and dispatches.
 """
@@ -20,6 +21,8 @@ from pymqueue.errors import Error
 # (func(args) -> int exit status).
 _COMMAND_MODULES = [
     "pymqueue.cli.queue",
+    "pymqueue.cli.demo",
+    "pymqueue.cli.top",
     "pymqueue.cli.serve",
     "pymqueue.cli.dmq",
 ]
