@@ -29,6 +29,7 @@ rm -f pymqueue/_pmq_c*.so
 
 san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 export CC="$cc"
+export PMQ_WERROR=1  # as in CI: warnings are errors
 export CFLAGS="${CFLAGS:-} -O1 -g $san"
 export LDFLAGS="${LDFLAGS:-} $san"
 python3 setup.py -q build_ext --inplace --force

@@ -395,7 +395,7 @@ def _run(
                     until("consumer 0 taking a batch", lambda: sh.state[0] == HOLDING)
                     pid0 = consumers[0].pid
                     assert pid0 is not None
-                    until("consumer 0 running", lambda: _proc_state(pid0) == "R")
+                    until("consumer 0 running", lambda p=pid0: _proc_state(p) == "R")
                     kill(0, "while it worked on a batch (running, not waiting)")
                 elif kill_waiter:
                     # producers hold still: the queue drains and the consumers fall asleep
