@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,14 +59,14 @@ def check_demo(out: str, venv: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh clone of this repository (its committed HEAD)."""
     where = tmp_path_factory.mktemp("clone") / "pymqueue"
     subprocess.run(
         ["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(where)], check=True,
         timeout=120,
     )  # fmt: skip
-    yield where
+    return where
 
 
 def test_readme_demo_command_in_a_fresh_clone(

@@ -5,7 +5,8 @@ What it shows, in a few seconds (``--items`` per producer at ``--rate`` items/s)
 
 1. Producers add items to the queue ``demo``; consumers fetch and handle them.
 2. Once every producer is a third of the way, consumer 0 is told to take its time over its next
-   batch, and is killed with SIGKILL while it handles it (it is running, not waiting).
+   batch (the others let it have it), and is killed with SIGKILL while it handles it (it is
+   running, not waiting).
 3. Two thirds of the way, the producers hold still, the queue drains, and consumer 1 is killed
    with SIGKILL while it sleeps in the queue's wait (the queue counts it among its waiters and
    ``/proc/<pid>/wchan`` shows it asleep in the kernel). A queue whose wake-ups depend on every
@@ -97,6 +98,7 @@ class _Shared:
     handled: Any  # Array: items handled, per consumer
     state: Any  # Array: IDLE / WAITING / WORKING / HOLDING, per consumer
     slow: Any  # Array: 1 = take your time over the next batch (the parent will kill you)
+    victim: Any  # Event: the slow consumer holds its batch (the others wait for it meanwhile)
     checkpoints: tuple[int, ...] = field(default=())  # items per producer at each checkpoint
 
 
@@ -132,6 +134,8 @@ def _consume(q: Queue, cid: int, sh: _Shared) -> None:
     """Fetch until the shared budget is spent, so that exactly --leave items stay queued."""
     sh.start.wait()
     while True:
+        if cid != 0 and sh.slow[0] and not sh.victim.is_set():
+            sh.victim.wait()  # let consumer 0 have the next batch
         with sh.budget.get_lock():
             claim = min(BATCH, sh.budget.value)
             sh.budget.value -= claim
@@ -149,6 +153,7 @@ def _consume(q: Queue, cid: int, sh: _Shared) -> None:
         if sh.slow[cid]:
             # Told to take its time: hold this batch and work on it until killed (a consumer
             # stuck in a long job). Bounded, so a parent that died cannot leave it spinning.
+            sh.victim.set()  # before HOLDING: the parent kills only once this lock is free
             sh.state[cid] = HOLDING
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -327,10 +332,13 @@ def _run(
         checkpoint=ctx.Value("i", 0),
         go=[ctx.Event() for _ in checkpoints],
         budget=ctx.Value("q", max(loaded + total_new - args.leave, 0)),
-        fetched=ctx.Array("q", n),
-        handled=ctx.Array("q", n),
-        state=ctx.Array("i", n),
-        slow=ctx.Array("i", n),
+        # Lock-free (one writer per slot): a consumer killed while it writes must not leave
+        # a lock held that the others need (multiprocessing's locks are not robust; ours are).
+        fetched=ctx.Array("q", n, lock=False),
+        handled=ctx.Array("q", n, lock=False),
+        state=ctx.Array("i", n, lock=False),
+        slow=ctx.Array("i", n, lock=False),
+        victim=ctx.Event(),
         checkpoints=checkpoints,
     )
     producers = [
