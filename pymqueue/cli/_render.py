@@ -25,7 +25,11 @@ def rich_console(plain: bool = False) -> Any:
         return None
     from rich.console import Console  # noqa: PLC0415
 
-    return Console(highlight=False)
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    # Not a terminal: rich would squeeze tables into 80 columns; tables keep their natural
+    # width (they never expand) up to this one.
+    return Console(highlight=False, width=200)
 
 
 class Table:
