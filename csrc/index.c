@@ -29,19 +29,20 @@ uint64_t pmq_hash_key(const uint8_t *k, size_t n) {
 /* Whether the record at pos has this key. The position comes from the index, so the
  * record's length is checked against the ring before its bytes are compared. */
 static int key_at(const pmq_queue *q, uint64_t pos, const uint8_t *key, size_t klen) {
-    uint64_t off = pmq_phys(q, pos), room = q->h->data_cap - off;
+    uint64_t off = pmq_phys(q, pos), room = q->data_cap - off;
     if (room < sizeof(pmq_rec)) return 0;
     const pmq_rec *r = (const pmq_rec *)(q->data + off);
-    return r->klen == klen && klen <= room - sizeof(pmq_rec) &&
-           memcmp(pmq_rec_key(r), key, klen) == 0;
+    uint32_t rklen = __atomic_load_n(&r->klen, __ATOMIC_RELAXED);
+    return rklen == klen && klen <= room - sizeof(pmq_rec) &&
+           memcmp((const uint8_t *)(r + 1), key, klen) == 0;
 }
 
 int64_t pmq_index_find(const pmq_queue *q, const uint8_t *key, size_t klen, uint64_t hash) {
-    uint64_t mask = q->h->index_slots - 1;
+    uint64_t mask = q->index_slots - 1;
     for (uint64_t i = hash & mask, n = 0; n <= mask; i = (i + 1) & mask, n++) {
-        const pmq_slot *s = &q->index[i];
-        if (s->pos1 == 0) return -1;
-        if (s->hash == hash && key_at(q, s->pos1 - 1, key, klen)) return (int64_t)i;
+        uint64_t pos1 = q->index[i].pos1;
+        if (pos1 == 0) return -1;
+        if (q->index[i].hash == hash && key_at(q, pos1 - 1, key, klen)) return (int64_t)i;
     }
     return -1;
 }
@@ -49,7 +50,7 @@ int64_t pmq_index_find(const pmq_queue *q, const uint8_t *key, size_t klen, uint
 /* The table is sized for twice the most live items, so a free slot always exists; the
  * bound only matters for a segment whose bytes were forged. */
 int pmq_index_insert(pmq_queue *q, uint64_t pos, uint64_t hash) {
-    uint64_t mask = q->h->index_slots - 1;
+    uint64_t mask = q->index_slots - 1;
     uint64_t i = hash & mask;
     for (uint64_t n = 0; q->index[i].pos1 != 0; i = (i + 1) & mask)
         if (++n > mask) return PMQ_E_CORRUPT;
@@ -60,7 +61,7 @@ int pmq_index_insert(pmq_queue *q, uint64_t pos, uint64_t hash) {
 
 /* Removes slot i, shifting later entries of the probe run back (no tombstones). */
 static void remove_slot(pmq_queue *q, uint64_t i) {
-    uint64_t mask = q->h->index_slots - 1;
+    uint64_t mask = q->index_slots - 1;
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & mask;
@@ -75,10 +76,10 @@ static void remove_slot(pmq_queue *q, uint64_t i) {
     q->index[i].hash = 0;
 }
 
-void pmq_index_remove_rec(pmq_queue *q, uint64_t pos, const pmq_rec *r) {
+void pmq_index_remove(pmq_queue *q, uint64_t pos, const uint8_t *key, uint32_t klen) {
     if (q->index == NULL) return;
-    uint64_t hash = pmq_hash_key(pmq_rec_key(r), r->klen);
-    uint64_t mask = q->h->index_slots - 1;
+    uint64_t hash = pmq_hash_key(key, klen);
+    uint64_t mask = q->index_slots - 1;
     for (uint64_t i = hash & mask, n = 0; n <= mask; i = (i + 1) & mask, n++) {
         if (q->index[i].pos1 == 0) return;
         if (q->index[i].pos1 == pos + 1) {

@@ -4,8 +4,16 @@
  * negative PMQ_E_* code; none calls back into Python. System errors (PMQ_E_SYS) leave the
  * cause in errno.
  *
- * Timeouts are in nanoseconds: < 0 waits forever, 0 tries once, > 0 bounds the wait
- * (CLOCK_MONOTONIC). Callers that must stay interruptible (Python) wait in short slices.
+ * Timeouts are in nanoseconds (CLOCK_MONOTONIC) and bound the WHOLE call, lock acquisitions
+ * included: < 0 waits forever for the condition (each lock wait then bounded by the process
+ * lock timeout), 0 does not wait for the condition, > 0 is a deadline. A lock wait is bounded
+ * by max(time left, PMQ_LOCK_FLOOR_NS) and never by more than the process lock timeout; a
+ * lock not obtained in time answers PMQ_E_LOCKTIMEOUT. At the deadline the condition is
+ * checked once more under the lock. Callers that must stay interruptible (Python) wait in
+ * short slices and treat PMQ_E_LOCKTIMEOUT as "try again" until their own deadline.
+ *
+ * Waits use futex eventcounts (no pthread condvars): a waiter killed at any instant leaves
+ * nothing another process waits for.
  */
 #ifndef PMQ_H
 #define PMQ_H
@@ -29,7 +37,11 @@
 #define PMQ_E_SYS (-9)         /* system call failed; see errno */
 #define PMQ_E_INVAL (-10)      /* invalid argument */
 #define PMQ_E_LOCKTIMEOUT (-11) /* lock held by a live process longer than the lock timeout */
-#define PMQ_E_CORRUPT (-12)    /* a record or the state failed validation */
+#define PMQ_E_CORRUPT (-12)    /* a record, the state or the lock failed validation, or a
+                                * failed recovery poisoned the segment */
+#define PMQ_E_CLOSED (-13)     /* the handle was shut down (pmq_shutdown) */
+#define PMQ_E_UNTRUSTED (-14)  /* the segment's owner or mode is not allowed (pmq_trust);
+                                * nothing in it was read */
 
 #define PMQ_POLICY_DROP_OLDEST 0
 #define PMQ_POLICY_REJECT 1
@@ -45,6 +57,9 @@
 #define PMQ_NAME_MAX 255
 #define PMQ_MIN_CAPACITY 4096
 #define PMQ_RECORD_OVERHEAD 24
+#define PMQ_LOCK_FLOOR_NS 10000000   /* 10 ms: the shortest lock wait of a bounded call */
+#define PMQ_DEFAULT_SPIN_NS 20000    /* 20 us of spinning before a waiter sleeps */
+#define PMQ_TRUST_MAX_OWNERS 16
 
 typedef struct pmq_queue pmq_queue;
 
@@ -69,15 +84,31 @@ typedef struct pmq_stats {
     uint64_t high_water;  /* most live items ever */
     uint64_t recoveries;  /* lock recoveries after a holder died */
     uint64_t next_id;
-    uint32_t getters_waiting;
-    uint32_t putters_waiting;
+    uint32_t getters_waiting; /* 1: a fetcher may be asleep waiting for items (a hint) */
+    uint32_t putters_waiting; /* 1: a putter may be asleep waiting for room (a hint) */
 } pmq_stats;
 
-/* Create (exclusive != 0: fail if it exists) or create-or-attach. *created tells which. */
+/* Who may have made a segment this process uses. Checked with fstat() right after opening,
+ * before anything in it is read. NULL means the default: owned by geteuid(), no permission
+ * bits beyond 0600. */
+typedef struct pmq_trust {
+    uint32_t allowed_mode; /* permission bits a segment may carry; 0 = 0600 */
+    uint32_t n_owners;     /* extra uids trusted besides geteuid() */
+    uint32_t owners[PMQ_TRUST_MAX_OWNERS];
+} pmq_trust;
+
+/* Create (exclusive != 0: fail if it exists) or create-or-attach. *created tells which.
+ * The segment is built unnamed and linked to shm_name ("/name") only when whole, so no one
+ * ever opens a half-made queue and a creator killed mid-way leaves nothing. */
 int pmq_create(const char *shm_name, const uint8_t *qname, size_t qname_len,
-               const pmq_config *cfg, int exclusive, pmq_queue **out, int *created);
-/* Attach to an existing queue; validates the whole header. */
-int pmq_open(const char *shm_name, pmq_queue **out);
+               const pmq_config *cfg, int exclusive, const pmq_trust *trust, pmq_queue **out,
+               int *created);
+/* Attach to an existing queue: owner and mode checked (trust), then the whole header
+ * validated and its geometry copied into the handle (never read from shared memory again). */
+int pmq_open(const char *shm_name, const pmq_trust *trust, pmq_queue **out);
+/* Wakes this handle's waiting calls, which return PMQ_E_CLOSED (as do later calls). */
+void pmq_shutdown(pmq_queue *q);
+/* Releases the mapping; no call may be using the handle. */
 void pmq_close(pmq_queue *q);
 int pmq_unlink(const char *shm_name);
 
@@ -106,8 +137,10 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
 int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                   uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
 
-/* Wait until the queue looks readable (has an item) or writable (below its limits). */
-int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns);
+/* Wait until the queue is readable (has an item) or writable (an item of need_bytes key +
+ * value bytes fits under the count limit and in the ring; 0: the smallest item). Nothing is
+ * taken. PMQ_E_TOOBIG if such an item can never fit. */
+int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns);
 
 int pmq_count(pmq_queue *q, uint64_t *count);
 /* Block policy: count items whose caller gave up waiting for room. */
@@ -116,9 +149,16 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out);
 
 /* How long a live lock holder may keep others waiting (default 5 s). */
 void pmq_set_lock_timeout(int64_t timeout_ns);
+int64_t pmq_get_lock_timeout(void);
+
+/* How long a waiter spins (watching for the change it waits for) before it sleeps:
+ * the process default, read when a handle is opened, and one handle's. 0 = never spin. */
+void pmq_set_default_spin(int64_t ns);
+void pmq_set_spin(pmq_queue *q, int64_t ns);
 
 /* Test hooks: make this process kill itself with SIGKILL at a numbered point inside the
- * next mutating operation, or take the lock and return without releasing it. */
+ * next mutating operation (7: pmq_create, segment whole but not yet named), or take the
+ * lock and return without releasing it. */
 void pmq_test_crash_at(int point);
 int pmq_test_hold_lock(pmq_queue *q);
 

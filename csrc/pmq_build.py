@@ -18,7 +18,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "pmq.h"
-SOURCES = ["segment.c", "lock.c", "ring.c", "index.c", "recover.c"]
+SOURCES = ["segment.c", "lock.c", "wait.c", "ring.c", "index.c", "recover.c"]
 
 _BEGIN = "/* pmq_build.py: cdef begins */"
 _END = "/* pmq_build.py: cdef ends */"
@@ -73,8 +73,12 @@ ffi.cdef(make_cdef())
 ffi.set_source(
     "pymqueue._pmq_c",
     '#include "pmq.h"',
-    sources=[str((HERE / s).relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd())
-             else str(HERE / s) for s in SOURCES],
+    sources=[
+        str((HERE / s).relative_to(Path.cwd()))
+        if HERE.is_relative_to(Path.cwd())
+        else str(HERE / s)
+        for s in SOURCES
+    ],
     include_dirs=[str(HERE)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", *WERROR, *EXTRA],
     extra_link_args=shlex.split(os.environ.get("PMQ_LDFLAGS", "")),

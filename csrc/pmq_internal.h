@@ -7,17 +7,26 @@
  * st[1 - cur], changes the copy and any bytes outside the published records, then publishes
  * with one release store of `cur`. A process killed at any instant therefore leaves either
  * the old or the new state, never a mix; the next locker (EOWNERDEAD) recovers.
+ *
+ * Waits are futex eventcounts (wait.c): items_seq / room_seq are bumped under the lock after
+ * every publish that adds items / changes room; items_sleep / room_sleep say someone may be
+ * asleep on them.
+ *
+ * The geometry (sizes, offsets, limits, policies) is validated once at attach and copied into
+ * struct pmq_queue; nothing reads it from shared memory again. What is still read from shared
+ * memory (state, records, index slots) is bounds-checked where it is used.
  */
 #ifndef PMQ_INTERNAL_H
 #define PMQ_INTERNAL_H
 
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "pmq.h"
 
 #define PMQ_MAGIC 0x3145555145554d50ULL /* "PMQUEUE1" read little-endian */
-#define PMQ_LAYOUT_VERSION 1u
+#define PMQ_LAYOUT_VERSION 2u
 #define PMQ_NONE UINT64_MAX
 #define PMQ_PAGE 4096u
 #define PMQ_MAX_CAPACITY (1ULL << 40)
@@ -54,13 +63,16 @@ typedef struct pmq_header {
     uint8_t name[PMQ_NAME_MAX + 1];
 
     pthread_mutex_t lock;
-    pthread_cond_t not_empty;
-    pthread_cond_t not_full;
-    uint32_t getters_waiting;
-    uint32_t putters_waiting;
-    uint32_t cur;
-    uint32_t reserved;
+    uint32_t poisoned; /* a recovery failed: the segment is unusable */
+    uint32_t cur;      /* which of st[] is published (read masked with 1) */
     pmq_state st[2];
+
+    /* eventcounts, on their own cache line: waiters spin reading them */
+    _Alignas(64) uint32_t items_seq; /* bumped after every publish that adds items */
+    uint32_t room_seq;               /* bumped after every publish that changes room */
+    uint32_t items_sleep;            /* 1: someone may sleep on items_seq */
+    uint32_t room_sleep;             /* 1: someone may sleep on room_seq */
+    uint64_t room_need;              /* smallest record a sleeping putter needs (a hint) */
 } pmq_header;
 
 typedef struct pmq_rec {
@@ -81,6 +93,15 @@ struct pmq_queue {
     uint8_t *data;
     pmq_slot *index;
     size_t map_size;
+    /* the validated geometry: a private copy */
+    uint64_t seg_size, data_off, data_cap, index_off, index_slots;
+    int64_t max_items;
+    uint32_t policy, addmode;
+    uint32_t name_len;
+    uint8_t name[PMQ_NAME_MAX + 1];
+    /* this handle */
+    int64_t spin_ns;
+    int closing; /* atomic: pmq_shutdown() was called */
 };
 
 _Static_assert(sizeof(pmq_rec) == PMQ_RECORD_OVERHEAD, "record header size");
@@ -97,51 +118,104 @@ static inline uint32_t pmq_rec_check(uint32_t klen, uint32_t vlen, uint64_t id) 
 }
 
 static inline uint32_t pmq_abi(void) {
-    return (uint32_t)(sizeof(pthread_mutex_t) | (sizeof(pthread_cond_t) << 8) |
-                      (sizeof(pmq_state) << 16));
+    return (uint32_t)(sizeof(pthread_mutex_t) | (sizeof(pmq_state) << 16));
 }
 
 /* ---- helpers shared by ring.c, index.c and recover.c ------------------------------- */
 
-static inline const pmq_state *pmq_published(const pmq_queue *q) { return &q->h->st[q->h->cur]; }
+static inline uint32_t pmq_cur(const pmq_queue *q) {
+    return __atomic_load_n(&q->h->cur, __ATOMIC_ACQUIRE) & 1u;
+}
+
+static inline const pmq_state *pmq_published(const pmq_queue *q) { return &q->h->st[pmq_cur(q)]; }
 
 /* Offset in the ring of monotonic position pos. */
-static inline uint64_t pmq_phys(const pmq_queue *q, uint64_t pos) { return pos % q->h->data_cap; }
+static inline uint64_t pmq_phys(const pmq_queue *q, uint64_t pos) { return pos % q->data_cap; }
 
 /* Position where the next record boundary after `pos` may start (skips padding). */
 static inline uint64_t pmq_to_boundary(const pmq_queue *q, uint64_t pos) {
-    return pos + (q->h->data_cap - pmq_phys(q, pos));
+    return pos + (q->data_cap - pmq_phys(q, pos));
 }
 
-static inline const uint8_t *pmq_rec_key(const pmq_rec *r) { return (const uint8_t *)(r + 1); }
-
+/* A record read from the ring: its header fields read once and validated. */
 typedef struct pmq_rec_ref {
     pmq_rec *rec; /* NULL: padding, skip to `next` */
     uint64_t next;
+    uint64_t id;
+    uint32_t klen, vlen, flags;
 } pmq_rec_ref;
 
+static inline const uint8_t *pmq_ref_key(const pmq_rec_ref *ref) {
+    return (const uint8_t *)(ref->rec + 1);
+}
+
+static inline int64_t pmq_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* One call's time budget. */
+typedef struct pmq_call {
+    int64_t end; /* CLOCK_MONOTONIC ns after which the call stops waiting for its condition */
+    int forever; /* timeout < 0: end is never reached */
+} pmq_call;
+
+static inline void pmq_call_init(pmq_call *c, int64_t timeout_ns) {
+    c->forever = timeout_ns < 0;
+    c->end = c->forever ? INT64_MAX : pmq_now_ns() + timeout_ns;
+}
+
+static inline int pmq_call_expired(const pmq_call *c) {
+    return !c->forever && pmq_now_ns() >= c->end;
+}
+
+/* Wake-ups owed once the lock is released (see wait.c). */
+typedef struct pmq_wakes {
+    uint8_t items, room;
+} pmq_wakes;
+
 /* lock.c */
-int pmq_lock(pmq_queue *q);
+/* Takes the lock within the call's budget (max(time left, PMQ_LOCK_FLOOR_NS), never more
+ * than the process lock timeout; c == NULL: the process lock timeout). Runs recovery after a
+ * holder died; refuses a poisoned segment or a lock whose owner does not exist. */
+int pmq_lock(pmq_queue *q, const pmq_call *c);
 void pmq_unlock(pmq_queue *q);
-/* Wait on cond until deadline (absolute CLOCK_MONOTONIC; NULL = forever). Returns PMQ_OK,
- * 1 on timeout, or a negative PMQ_E_* code; the lock is held again on return (robust
- * mutexes make the caller's unlock harmless in the one case where it is not). */
-int pmq_cond_wait(pmq_queue *q, pthread_cond_t *cond, const struct timespec *deadline);
-int pmq_deadline(int64_t timeout_ns, struct timespec *out);
+
+/* wait.c */
+/* Under the lock, after publishing: bump the eventcount; note a wake-up if someone sleeps. */
+void pmq_signal_items(pmq_queue *q, pmq_wakes *wk);
+void pmq_signal_room(pmq_queue *q, pmq_wakes *wk);
+/* After unlocking: the FUTEX_WAKEs owed. */
+void pmq_wake(pmq_queue *q, const pmq_wakes *wk);
+/* Unlocks, wakes what is owed, then waits (spin, then sleep) for the eventcount to move
+ * from `seen` (read under the lock), the call's end, or pmq_shutdown. Always returns
+ * without the lock: PMQ_OK (look again) or PMQ_E_CLOSED. need: the ring bytes a putter
+ * waits for (room waits). */
+uint32_t pmq_items_seen(const pmq_queue *q);
+uint32_t pmq_room_seen(const pmq_queue *q);
+int pmq_wait_items(pmq_queue *q, uint32_t seen, const pmq_call *c, const pmq_wakes *wk);
+int pmq_wait_room(pmq_queue *q, uint32_t seen, uint64_t need, const pmq_call *c,
+                  const pmq_wakes *wk);
+/* Wakes every sleeper of both eventcounts (recovery, shutdown). */
+void pmq_wake_all(pmq_queue *q);
+int64_t pmq_default_spin(void);
 
 /* ring.c */
 pmq_state *pmq_begin(pmq_queue *q);
 void pmq_commit(pmq_queue *q);
 /* Reads the record at pos (< tail). Returns PMQ_E_CORRUPT if it does not fit. */
 int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *out);
+/* Whether a state's positions are plausible for this ring. */
+int pmq_state_ok(const pmq_queue *q, const pmq_state *s);
 
 /* index.c: the key index of addmodes 1 and 2 (open addressing, linear probing) */
 uint64_t pmq_hash_key(const uint8_t *k, size_t n);
 /* The slot holding key, or -1. */
 int64_t pmq_index_find(const pmq_queue *q, const uint8_t *key, size_t klen, uint64_t hash);
 int pmq_index_insert(pmq_queue *q, uint64_t pos, uint64_t hash);
-/* Removes the entry of the record r at pos, if the index has one. */
-void pmq_index_remove_rec(pmq_queue *q, uint64_t pos, const pmq_rec *r);
+/* Removes the entry of the record at pos (key bytes given), if the index has one. */
+void pmq_index_remove(pmq_queue *q, uint64_t pos, const uint8_t *key, uint32_t klen);
 
 /* recover.c */
 int pmq_recover_locked(pmq_queue *q);

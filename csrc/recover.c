@@ -13,7 +13,7 @@ static int finish_pending_tomb(pmq_queue *q, pmq_state *w) {
     pmq_rec_ref ref;
     if (pmq_read_rec(q, w->pending_tomb, w->tail, &ref) != PMQ_OK || ref.rec == NULL)
         return PMQ_E_CORRUPT;
-    ref.rec->flags |= REC_TOMB;
+    __atomic_or_fetch(&ref.rec->flags, REC_TOMB, __ATOMIC_RELAXED);
     w->pending_tomb = PMQ_NONE;
     return PMQ_OK;
 }
@@ -24,27 +24,26 @@ static int check_records(const pmq_queue *q, const pmq_state *w) {
     for (uint64_t pos = w->head; pos < w->tail;) {
         pmq_rec_ref ref;
         if (pmq_read_rec(q, pos, w->tail, &ref) != PMQ_OK) return PMQ_E_CORRUPT;
-        if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB)) {
+        if (ref.rec != NULL && !(ref.flags & REC_TOMB)) {
             count++;
-            bytes += (uint64_t)ref.rec->klen + ref.rec->vlen;
+            bytes += (uint64_t)ref.klen + ref.vlen;
         }
         pos = ref.next;
     }
     if (count != w->count || bytes != w->bytes) return PMQ_E_CORRUPT;
-    if (q->h->max_items > 0 && count > (uint64_t)q->h->max_items) return PMQ_E_CORRUPT;
+    if (q->max_items > 0 && count > (uint64_t)q->max_items) return PMQ_E_CORRUPT;
     return PMQ_OK;
 }
 
 /* The index is derived state: rebuilt from the records (after check_records). */
 static int rebuild_index(pmq_queue *q, const pmq_state *w) {
     if (q->index == NULL) return PMQ_OK;
-    memset(q->index, 0, q->h->index_slots * sizeof(pmq_slot));
+    memset(q->index, 0, q->index_slots * sizeof(pmq_slot));
     for (uint64_t pos = w->head; pos < w->tail;) {
         pmq_rec_ref ref;
         (void)pmq_read_rec(q, pos, w->tail, &ref); /* validated by check_records */
-        if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB) &&
-            pmq_index_insert(q, pos, pmq_hash_key(pmq_rec_key(ref.rec), ref.rec->klen)) !=
-                PMQ_OK)
+        if (ref.rec != NULL && !(ref.flags & REC_TOMB) &&
+            pmq_index_insert(q, pos, pmq_hash_key(pmq_ref_key(&ref), ref.klen)) != PMQ_OK)
             return PMQ_E_CORRUPT;
         pos = ref.next;
     }
@@ -52,20 +51,18 @@ static int rebuild_index(pmq_queue *q, const pmq_state *w) {
 }
 
 /* The previous holder died mid-operation. The published state is whole by construction;
- * what may be stale is everything derived from it: a tombstone not yet set, the index,
- * the waiter counts. Rebuild those from a scan of the published records. */
+ * what may be stale is everything derived from it: a tombstone not yet set, the index.
+ * Rebuild those from a scan of the published records. */
 int pmq_recover_locked(pmq_queue *q) {
-    pmq_header *h = q->h;
-    if (h->cur > 1) return PMQ_E_CORRUPT;
+    if (q->h->cur > 1) return PMQ_E_CORRUPT;
     pmq_state *w = pmq_begin(q);
-    if (w->head > w->tail || w->tail - w->head > h->data_cap) return PMQ_E_CORRUPT;
+    if (!pmq_state_ok(q, w)) return PMQ_E_CORRUPT;
     int rc = finish_pending_tomb(q, w);
     if (rc == PMQ_OK) rc = check_records(q, w);
     if (rc == PMQ_OK) rc = rebuild_index(q, w);
     if (rc != PMQ_OK) return rc;
     w->recoveries++;
-    /* A waiter that died while waiting leaves its count behind: that costs a few needless
-     * wake-ups, never a missed one, so the counts are left alone (live waiters own theirs). */
+    /* Waiters are not counted (wait.c): a dead one leaves at most a sleep flag set. */
     pmq_commit(q);
     return PMQ_OK;
 }

@@ -1,10 +1,14 @@
 /* The record ring: add, fetch, batches, overflow policies (the index is in index.c,
- * recovery in recover.c).
+ * recovery in recover.c, waiting in wait.c).
  *
  * Positions (head, tail) grow monotonically; a record lives at position % data_cap and never
  * straddles the end of the ring (a WRAP record, or fewer than sizeof(pmq_rec) bytes, pads to
  * the end). Every record read is validated against the ring's bounds and the published
- * tail before its lengths are trusted.
+ * tail before its lengths are trusted, and its header fields are read once.
+ *
+ * Every public operation is a loop: take the lock within the call's budget, do what can be
+ * done, and if it must wait, note the eventcount, unlock and wait, then look again. Nothing
+ * waits with the lock held; at the deadline the condition is checked once more.
  */
 #define _GNU_SOURCE
 #include <string.h>
@@ -16,37 +20,51 @@
 
 pmq_state *pmq_begin(pmq_queue *q) {
     pmq_header *h = q->h;
-    pmq_state *w = &h->st[1u - h->cur];
-    *w = h->st[h->cur];
+    uint32_t cur = pmq_cur(q);
+    pmq_state *w = &h->st[1u - cur];
+    *w = h->st[cur];
     return w;
 }
 
 void pmq_commit(pmq_queue *q) {
-    __atomic_store_n(&q->h->cur, 1u - q->h->cur, __ATOMIC_RELEASE);
+    __atomic_store_n(&q->h->cur, 1u - pmq_cur(q), __ATOMIC_RELEASE);
+}
+
+int pmq_state_ok(const pmq_queue *q, const pmq_state *s) {
+    uint64_t head = s->head, tail = s->tail;
+    return head <= tail && tail - head <= q->data_cap && (head & 7u) == 0 && (tail & 7u) == 0 &&
+           s->count <= (tail - head) / sizeof(pmq_rec);
 }
 
 /* ---- records ----------------------------------------------------------------------- */
 
 int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *out) {
-    uint64_t cap = q->h->data_cap, off = pmq_phys(q, pos);
-    if (cap - off < sizeof(pmq_rec)) {
-        out->rec = NULL;
-        out->next = pmq_to_boundary(q, pos);
-        return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
-    }
+    uint64_t cap = q->data_cap, off = pmq_phys(q, pos);
+    out->rec = NULL;
+    out->next = pmq_to_boundary(q, pos);
+    if (cap - off < sizeof(pmq_rec)) return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
     pmq_rec *r = (pmq_rec *)(q->data + off);
-    if (r->flags & REC_WRAP) {
-        out->rec = NULL;
-        out->next = pmq_to_boundary(q, pos);
-        return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
-    }
-    uint64_t size = pmq_rec_size(r->klen, r->vlen);
-    if (r->check != pmq_rec_check(r->klen, r->vlen, r->id) || size > cap - off ||
-        size > tail - pos || (r->flags & ~(uint32_t)REC_TOMB) != 0)
+    uint32_t klen = __atomic_load_n(&r->klen, __ATOMIC_RELAXED);
+    uint32_t vlen = __atomic_load_n(&r->vlen, __ATOMIC_RELAXED);
+    uint32_t flags = __atomic_load_n(&r->flags, __ATOMIC_RELAXED);
+    uint32_t check = __atomic_load_n(&r->check, __ATOMIC_RELAXED);
+    uint64_t id = __atomic_load_n(&r->id, __ATOMIC_RELAXED);
+    if (flags & REC_WRAP) return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
+    uint64_t size = pmq_rec_size(klen, vlen);
+    if (check != pmq_rec_check(klen, vlen, id) || size > cap - off || size > tail - pos ||
+        (flags & ~(uint32_t)REC_TOMB) != 0)
         return PMQ_E_CORRUPT;
     out->rec = r;
     out->next = pos + size;
+    out->id = id;
+    out->klen = klen;
+    out->vlen = vlen;
+    out->flags = flags;
     return PMQ_OK;
+}
+
+static inline int is_live(const pmq_rec_ref *ref) {
+    return ref->rec != NULL && !(ref->flags & REC_TOMB);
 }
 
 /* ---- removal from the head ---------------------------------------------------------- */
@@ -57,7 +75,7 @@ static int skip_dead(pmq_queue *q, pmq_state *w) {
         pmq_rec_ref ref;
         int rc = pmq_read_rec(q, w->head, w->tail, &ref);
         if (rc != PMQ_OK) return rc;
-        if (ref.rec != NULL && !(ref.rec->flags & REC_TOMB)) break;
+        if (is_live(&ref)) break;
         w->head = ref.next;
     }
     if (w->head == w->tail && pmq_phys(q, w->head) != 0) {
@@ -67,69 +85,35 @@ static int skip_dead(pmq_queue *q, pmq_state *w) {
     return PMQ_OK;
 }
 
-/* Removes the live record at w->head (after skip_dead); counts it by the caller. */
-static int pop_head(pmq_queue *q, pmq_state *w, pmq_rec **out) {
+/* Removes the live record at w->head (after skip_dead) from w and the index; the caller
+ * counts it (fetched, dropped) and publishes w. */
+static int pop_head(pmq_queue *q, pmq_state *w) {
     pmq_rec_ref ref;
     int rc = pmq_read_rec(q, w->head, w->tail, &ref);
     if (rc != PMQ_OK) return rc;
-    if (ref.rec == NULL) return PMQ_E_CORRUPT;
-    pmq_index_remove_rec(q, w->head, ref.rec);
+    if (ref.rec == NULL || w->count == 0) return PMQ_E_CORRUPT;
+    pmq_index_remove(q, w->head, pmq_ref_key(&ref), ref.klen);
     w->count--;
-    w->bytes -= (uint64_t)ref.rec->klen + ref.rec->vlen;
+    w->bytes -= (uint64_t)ref.klen + ref.vlen;
     w->head = ref.next;
-    *out = ref.rec;
     return PMQ_OK;
 }
 
-/* ---- add ---------------------------------------------------------------------------- */
+/* ---- room ----------------------------------------------------------------------------- */
 
 static inline uint64_t room_needed(const pmq_queue *q, const pmq_state *w, uint64_t size) {
     if (w->head == w->tail) return size; /* the write restarts an empty ring at 0 */
-    uint64_t left = q->h->data_cap - pmq_phys(q, w->tail);
+    uint64_t left = q->data_cap - pmq_phys(q, w->tail);
     return left >= size ? size : left + size;
 }
 
 static inline int has_room(const pmq_queue *q, const pmq_state *w, uint64_t size, int extra) {
-    int64_t max = q->h->max_items;
+    int64_t max = q->max_items;
     if (max > 0 && w->count + (uint64_t)extra > (uint64_t)max) return 0;
-    return q->h->data_cap - (w->tail - w->head) >= room_needed(q, w, size);
+    return q->data_cap - (w->tail - w->head) >= room_needed(q, w, size);
 }
 
-static void wake_getters(pmq_queue *q, uint64_t count_before, uint64_t added) {
-    uint32_t waiting = q->h->getters_waiting;
-    if (waiting == 0 || count_before >= waiting) return;
-    if (added > 1)
-        pthread_cond_broadcast(&q->h->not_empty);
-    else
-        pthread_cond_signal(&q->h->not_empty);
-}
-
-/* Producers blocked on a full queue are woken once it has drained to a low-water mark. */
-static void wake_putters(pmq_queue *q, uint64_t count_before, uint64_t used_before) {
-    const pmq_header *h = q->h;
-    if (h->putters_waiting == 0) return;
-    const pmq_state *s = pmq_published(q);
-    uint64_t used = s->tail - s->head;
-    uint64_t low_bytes = h->data_cap - h->data_cap / 4;
-    int wake = s->count == 0 || (used_before > low_bytes && used <= low_bytes);
-    if (h->max_items > 0) {
-        uint64_t max = (uint64_t)h->max_items;
-        uint64_t quarter = max / 4 ? max / 4 : 1;
-        uint64_t low = max - quarter;
-        wake = wake || (count_before > low && s->count <= low);
-    }
-    if (wake) pthread_cond_broadcast(&q->h->not_full);
-}
-
-static int wait_or_give_up(pmq_queue *q, pthread_cond_t *cond, uint32_t *waiters,
-                           const struct timespec *deadline, int forever, int give_up_code) {
-    if (!forever && deadline == NULL) return give_up_code;
-    (*waiters)++;
-    int rc = pmq_cond_wait(q, cond, forever ? NULL : deadline);
-    (*waiters)--;
-    if (rc < 0) return rc;
-    return rc == 1 ? give_up_code : PMQ_OK;
-}
+/* ---- add ---------------------------------------------------------------------------- */
 
 /* One item being added: what it is and what it may replace. */
 typedef struct add_req {
@@ -138,40 +122,46 @@ typedef struct add_req {
     uint64_t size;   /* bytes of its record */
     uint64_t hash;   /* of its key (addmodes 1 and 2) */
     uint64_t victim; /* position of the live record with the same key (addmode 2), or NONE */
+    uint32_t victim_klen, victim_vlen;
 } add_req;
 
 #define LOOK_AGAIN 1 /* the published state changed: start the add over */
+#define WAIT_ROOM 2  /* block policy: wait for room, then start over */
 
 /* Step 1 (addmodes 1 and 2): look the key up. Keep-oldest ignores a duplicate (counted);
- * keep-newest remembers the record the new one replaces. */
+ * keep-newest remembers the record the new one replaces (checked: it comes from the index
+ * in shared memory). */
 static int find_same_key(pmq_queue *q, add_req *a) {
     a->victim = PMQ_NONE;
     if (q->index == NULL) return PMQ_OK;
     a->hash = pmq_hash_key(a->key, a->klen);
     int64_t slot = pmq_index_find(q, a->key, a->klen, a->hash);
     if (slot < 0) return PMQ_OK;
-    if (q->h->addmode == PMQ_ADDMODE_KEEP_OLDEST) {
+    if (q->addmode == PMQ_ADDMODE_KEEP_OLDEST) {
         pmq_state *w = pmq_begin(q);
         w->duplicates++;
         pmq_commit(q);
         return PMQ_DUPLICATE;
     }
-    a->victim = q->index[slot].pos1 - 1;
+    const pmq_state *s = pmq_published(q);
+    uint64_t pos = __atomic_load_n(&q->index[slot].pos1, __ATOMIC_RELAXED) - 1;
+    pmq_rec_ref ref;
+    if (pos < s->head || pos >= s->tail || pmq_read_rec(q, pos, s->tail, &ref) != PMQ_OK ||
+        !is_live(&ref))
+        return PMQ_E_CORRUPT;
+    a->victim = pos;
+    a->victim_klen = ref.klen;
+    a->victim_vlen = ref.vlen;
     return PMQ_OK;
 }
 
 /* Items the add brings: a replacement keeps the count. */
 static inline int extra_items(const add_req *a) { return a->victim == PMQ_NONE ? 1 : 0; }
 
-/* Reject policy: refuse (counted). Block policy: wait for a change, or give up; the caller
- * may try again after a slice and reports its final refusal with pmq_note_rejected(). */
-static int refuse_or_wait(pmq_queue *q, const struct timespec *deadline, int forever) {
-    pmq_header *h = q->h;
-    if (h->policy == PMQ_POLICY_BLOCK) {
-        int rc = wait_or_give_up(q, &h->not_full, &h->putters_waiting, deadline, forever,
-                                 PMQ_E_FULL);
-        return rc == PMQ_OK ? LOOK_AGAIN : rc;
-    }
+/* Reject policy: refuse (counted). Block policy: the caller waits for room; it reports its
+ * final refusal with pmq_note_rejected(). */
+static int refuse_or_wait(pmq_queue *q) {
+    if (q->policy == PMQ_POLICY_BLOCK) return WAIT_ROOM;
     pmq_state *w = pmq_begin(q);
     w->rejected++;
     pmq_commit(q);
@@ -179,29 +169,35 @@ static int refuse_or_wait(pmq_queue *q, const struct timespec *deadline, int for
 }
 
 /* Drop-oldest policy: remove items from the head of the working state w until the new one
- * fits, then publish, before any byte of the dropped records is overwritten. */
-static int drop_oldest(pmq_queue *q, pmq_state *w, add_req *a) {
+ * fits, then publish, before any byte of the dropped records is overwritten. On an error
+ * what was dropped is published too (the index already forgot those records). */
+static int drop_oldest(pmq_queue *q, pmq_state *w, add_req *a, pmq_wakes *wk) {
+    int rc = PMQ_OK;
+    uint64_t dropped = 0;
     while (!has_room(q, w, a->size, extra_items(a))) {
-        int rc = skip_dead(q, w);
-        if (rc != PMQ_OK) return rc;
+        rc = skip_dead(q, w);
+        if (rc != PMQ_OK) break;
         if (w->count == 0) break; /* an empty ring always has room */
-        pmq_rec *r;
         uint64_t pos = w->head;
-        rc = pop_head(q, w, &r);
-        if (rc != PMQ_OK) return rc;
+        rc = pop_head(q, w);
+        if (rc != PMQ_OK) break;
         w->dropped++;
+        dropped++;
         if (pos == a->victim) a->victim = PMQ_NONE; /* dropped: nothing left to replace */
         rc = skip_dead(q, w);
-        if (rc != PMQ_OK) return rc;
+        if (rc != PMQ_OK) break;
     }
-    if (!has_room(q, w, a->size, extra_items(a))) return PMQ_E_CORRUPT;
-    pmq_commit(q);
+    if (rc == PMQ_OK && !has_room(q, w, a->size, extra_items(a))) rc = PMQ_E_CORRUPT;
+    if (rc == PMQ_OK || dropped > 0) {
+        pmq_commit(q);
+        pmq_signal_room(q, wk);
+    }
     pmq_crash_check(3);
-    return PMQ_OK;
+    return rc;
 }
 
 /* Step 2: make room for the record under the queue's policy. PMQ_OK: it fits now. */
-static int make_room(pmq_queue *q, add_req *a, const struct timespec *deadline, int forever) {
+static int make_room(pmq_queue *q, add_req *a, pmq_wakes *wk) {
     const pmq_state *s = pmq_published(q);
     if (has_room(q, s, a->size, extra_items(a))) return PMQ_OK;
     /* Padding and tombstones at the head are free to reclaim under any policy. */
@@ -210,16 +206,17 @@ static int make_room(pmq_queue *q, add_req *a, const struct timespec *deadline, 
     if (rc != PMQ_OK) return rc;
     if (w->head != s->head) {
         pmq_commit(q);
+        pmq_signal_room(q, wk);
         return LOOK_AGAIN;
     }
-    if (q->h->policy != PMQ_POLICY_DROP_OLDEST) return refuse_or_wait(q, deadline, forever);
-    return drop_oldest(q, w, a);
+    if (q->policy != PMQ_POLICY_DROP_OLDEST) return refuse_or_wait(q);
+    return drop_oldest(q, w, a, wk);
 }
 
 /* Step 3: write the record into the free space past the tail of the working state w (pads
  * to the ring's end first if it does not fit there). Nothing is visible yet. */
 static uint64_t write_record(pmq_queue *q, pmq_state *w, const add_req *a) {
-    uint64_t cap = q->h->data_cap;
+    uint64_t cap = q->data_cap;
     if (w->head == w->tail) w->head = w->tail = w->tail + (cap - pmq_phys(q, w->tail)) % cap;
     uint64_t left = cap - pmq_phys(q, w->tail);
     if (left < a->size) {
@@ -244,87 +241,122 @@ static uint64_t write_record(pmq_queue *q, pmq_state *w, const add_req *a) {
 }
 
 /* Step 4: account for the record at pos (and the one it replaces) in w, update the index,
- * publish, then tombstone the replaced record. */
+ * publish, then tombstone the replaced record. The new entry goes in before the old one
+ * goes out, so a failure leaves the index as it was. */
 static int publish_add(pmq_queue *q, pmq_state *w, const add_req *a, uint64_t pos) {
     pmq_header *h = q->h;
+    if (q->index != NULL) {
+        if (pmq_index_insert(q, pos, a->hash) != PMQ_OK) return PMQ_E_CORRUPT;
+        if (a->victim != PMQ_NONE) {
+            pmq_index_remove(q, a->victim, a->key, a->klen);
+            w->count--;
+            w->bytes -= (uint64_t)a->victim_klen + a->victim_vlen;
+            w->replaced++;
+            w->pending_tomb = a->victim;
+        }
+    }
     w->next_id++;
     w->tail = pos + a->size;
     w->count++;
     w->bytes += (uint64_t)a->klen + a->vlen;
     w->added++;
-    if (q->index != NULL) {
-        if (a->victim != PMQ_NONE) {
-            const pmq_rec *old = (const pmq_rec *)(q->data + pmq_phys(q, a->victim));
-            pmq_index_remove_rec(q, a->victim, old);
-            w->count--;
-            w->bytes -= (uint64_t)old->klen + old->vlen;
-            w->replaced++;
-            w->pending_tomb = a->victim;
-        }
-        if (pmq_index_insert(q, pos, a->hash) != PMQ_OK) return PMQ_E_CORRUPT;
-    }
     if (w->count > w->high_water) w->high_water = w->count;
     pmq_crash_check(4);
     pmq_commit(q);
     pmq_crash_check(5);
     if (a->victim != PMQ_NONE) {
-        ((pmq_rec *)(q->data + pmq_phys(q, a->victim)))->flags |= REC_TOMB;
-        h->st[h->cur].pending_tomb = PMQ_NONE;
+        pmq_rec *old = (pmq_rec *)(q->data + pmq_phys(q, a->victim)); /* checked in step 1 */
+        __atomic_or_fetch(&old->flags, REC_TOMB, __ATOMIC_RELAXED);
+        h->st[pmq_cur(q)].pending_tomb = PMQ_NONE;
     }
     return PMQ_OK;
 }
 
-/* Adds one item with the lock held (held again on return, whatever the result). Wakes
- * waiting consumers unless `quiet` (a batch wakes them once at its end). */
+/* Adds one item with the lock held (held on return, whatever the result). The caller
+ * signals the items eventcount. WAIT_ROOM: the block policy must wait for room. */
 static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uint8_t *val,
-                      uint32_t vlen, const struct timespec *deadline, int forever, int quiet) {
-    add_req a = {key, val, klen, vlen, pmq_rec_size(klen, vlen), 0, PMQ_NONE};
+                      uint32_t vlen, pmq_wakes *wk, uint64_t *need) {
+    add_req a = {key, val, klen, vlen, pmq_rec_size(klen, vlen), 0, PMQ_NONE, 0, 0};
     int rc;
     do {
         rc = find_same_key(q, &a);
         if (rc != PMQ_OK) return rc;
-        rc = make_room(q, &a, deadline, forever);
+        rc = make_room(q, &a, wk);
     } while (rc == LOOK_AGAIN);
+    if (rc == WAIT_ROOM) *need = a.size;
     if (rc != PMQ_OK) return rc;
     pmq_state *w = pmq_begin(q);
-    uint64_t count_before = w->count;
     uint64_t pos = write_record(q, w, &a);
-    rc = publish_add(q, w, &a, pos);
-    if (rc != PMQ_OK) return rc;
-    if (!quiet) wake_getters(q, count_before, 1);
-    return PMQ_OK;
+    return publish_add(q, w, &a, pos);
 }
 
 static int check_item(const pmq_queue *q, size_t klen, size_t vlen) {
     if (klen > UINT32_MAX || vlen > UINT32_MAX) return PMQ_E_TOOBIG;
-    if (pmq_rec_size(klen, vlen) > q->h->data_cap) return PMQ_E_TOOBIG;
+    if (pmq_rec_size(klen, vlen) > q->data_cap) return PMQ_E_TOOBIG;
     return PMQ_OK;
 }
 
-static int deadline_for(int64_t timeout_ns, struct timespec *ts, const struct timespec **out,
-                        int *forever) {
-    *forever = timeout_ns < 0;
-    *out = NULL;
-    if (timeout_ns > 0) {
-        if (pmq_deadline(timeout_ns, ts) != PMQ_OK) return PMQ_E_SYS;
-        *out = ts;
+/* Items to add: a batch (lens: key, value, …; data: the bytes in that order) or, when lens
+ * is NULL, one item whose key and value are separate buffers. */
+typedef struct add_src {
+    const uint32_t *lens;
+    const uint8_t *data;
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+} add_src;
+
+/* Adds items [*done, n) of src, waiting for room under the block policy within the call's
+ * budget; *done counts the items handled (stored or ignored as duplicates). Returns the
+ * code of the last item handled (PMQ_DUPLICATE included) or the error that stopped it. */
+static int add_items(pmq_queue *q, const add_src *src, size_t n, size_t *done,
+                     int64_t timeout_ns) {
+    pmq_call c;
+    pmq_call_init(&c, timeout_ns);
+    const uint8_t *p = src->data;
+    for (;;) {
+        int rc = pmq_lock(q, &c);
+        if (rc != PMQ_OK) return rc;
+        if (*done == 0) pmq_crash_check(1);
+        pmq_wakes wk = {0, 0};
+        uint64_t added = 0, need = 0;
+        while (*done < n) {
+            const uint8_t *key = src->key, *val = src->val;
+            uint32_t klen = src->klen, vlen = src->vlen;
+            if (src->lens != NULL) {
+                klen = src->lens[2 * *done];
+                vlen = src->lens[2 * *done + 1];
+                key = p;
+                val = p + klen;
+            }
+            rc = add_locked(q, key, klen, val, vlen, &wk, &need);
+            if (rc < PMQ_OK || rc == WAIT_ROOM) break;
+            if (rc == PMQ_OK) added++;
+            if (src->lens != NULL) p += (size_t)klen + vlen;
+            (*done)++;
+        }
+        /* Items added before a wait are published and announced before it. */
+        if (added > 0) pmq_signal_items(q, &wk);
+        if (rc == WAIT_ROOM) {
+            if (!pmq_call_expired(&c)) {
+                rc = pmq_wait_room(q, pmq_room_seen(q), need, &c, &wk);
+                if (rc != PMQ_OK) return rc;
+                continue; /* look again, also once past the deadline */
+            }
+            rc = PMQ_E_FULL;
+        }
+        pmq_unlock(q);
+        pmq_wake(q, &wk);
+        return rc;
     }
-    return PMQ_OK;
 }
 
 int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t vlen,
             int64_t timeout_ns) {
     int rc = check_item(q, klen, vlen);
     if (rc != PMQ_OK) return rc;
-    struct timespec ts;
-    const struct timespec *deadline;
-    int forever;
-    if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
-    if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    pmq_crash_check(1);
-    rc = add_locked(q, key, (uint32_t)klen, val, (uint32_t)vlen, deadline, forever, 0);
-    pmq_unlock(q);
-    return rc;
+    add_src one = {NULL, NULL, key, val, (uint32_t)klen, (uint32_t)vlen};
+    size_t done = 0;
+    return add_items(q, &one, 1, &done, timeout_ns);
 }
 
 int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
@@ -334,103 +366,95 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
         int rc = check_item(q, lens[2 * i], lens[2 * i + 1]);
         if (rc != PMQ_OK) return rc; /* nothing added: the batch is refused whole */
     }
-    struct timespec ts;
-    const struct timespec *deadline;
-    int forever, rc;
-    if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
-    if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    uint64_t count_before = pmq_published(q)->count;
-    const uint8_t *p = data;
-    rc = PMQ_OK;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t klen = lens[2 * i], vlen = lens[2 * i + 1];
-        rc = add_locked(q, p, klen, p + klen, vlen, deadline, forever, 1);
-        if (rc < PMQ_OK) break;
-        p += (size_t)klen + vlen;
-        *done = i + 1;
-    }
-    uint64_t count_after = pmq_published(q)->count;
-    if (count_after > count_before) wake_getters(q, count_before, count_after - count_before);
-    pmq_unlock(q);
+    if (n == 0) return PMQ_OK;
+    add_src batch = {lens, data, NULL, NULL, 0, 0};
+    int rc = add_items(q, &batch, n, done, timeout_ns);
     return rc == PMQ_DUPLICATE ? PMQ_OK : rc;
 }
 
 /* ---- fetch -------------------------------------------------------------------------- */
 
-/* Waits until an item is available. Returns with the lock held on PMQ_OK / PMQ_E_EMPTY. */
-static int wait_item(pmq_queue *q, const struct timespec *deadline, int forever) {
-    for (;;) {
-        pmq_state *w = pmq_begin(q);
-        int rc = skip_dead(q, w);
-        if (rc != PMQ_OK) return rc;
-        if (w->count > 0) return PMQ_OK; /* w is the working copy to fetch from */
-        rc = wait_or_give_up(q, &q->h->not_empty, &q->h->getters_waiting, deadline, forever,
-                             PMQ_E_EMPTY);
-        if (rc != PMQ_OK) return rc;
-    }
-}
-
-/* Appends record r to a batch output (buf: keys and values, lens: their lengths). Returns
- * 1 if it does not fit in what is left of buf (the lengths are then reported in lens[0..1]
- * when the batch is still empty, with PMQ_E_BUFSMALL), else PMQ_OK. */
-static int copy_out(const pmq_rec *r, uint8_t *buf, size_t cap, size_t *used, uint32_t *lens,
-                    size_t n) {
-    size_t len = (size_t)r->klen + r->vlen;
+/* Appends the record of ref to a batch output (buf: keys and values, lens: their lengths).
+ * Returns 1 if it does not fit in what is left of buf (the lengths are then reported in
+ * lens[0..1] when the batch is still empty, with PMQ_E_BUFSMALL), else PMQ_OK. */
+static int copy_out(const pmq_rec_ref *ref, uint8_t *buf, size_t cap, size_t *used,
+                    uint32_t *lens, size_t n) {
+    size_t len = (size_t)ref->klen + ref->vlen;
     if (len > cap - *used) {
         if (n > 0) return 1;
-        lens[0] = r->klen;
-        lens[1] = r->vlen;
+        lens[0] = ref->klen;
+        lens[1] = ref->vlen;
         return PMQ_E_BUFSMALL;
     }
-    memcpy(buf + *used, pmq_rec_key(r), len);
-    lens[2 * n] = r->klen;
-    lens[2 * n + 1] = r->vlen;
+    memcpy(buf + *used, pmq_ref_key(ref), len);
+    lens[2 * n] = ref->klen;
+    lens[2 * n + 1] = ref->vlen;
     *used += len;
     return PMQ_OK;
+}
+
+/* Takes up to max_n items from the head of w into buf. Every item taken is also gone from
+ * the index, so whatever happens after the first one, the batch is published. */
+static int take_items(pmq_queue *q, pmq_state *w, uint8_t *buf, size_t cap, uint32_t *lens,
+                      size_t max_n, size_t *got) {
+    size_t used = 0, n = 0;
+    int rc = PMQ_OK;
+    while (n < max_n && w->count > 0) {
+        pmq_rec_ref ref;
+        rc = pmq_read_rec(q, w->head, w->tail, &ref);
+        if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
+        if (rc != PMQ_OK) break;
+        int fit = copy_out(&ref, buf, cap, &used, lens, n);
+        if (fit != PMQ_OK) {
+            if (fit < 0) rc = fit;
+            break;
+        }
+        rc = pop_head(q, w);
+        if (rc != PMQ_OK) break;
+        n++;
+        w->fetched++;
+        rc = skip_dead(q, w);
+        if (rc != PMQ_OK) break;
+    }
+    *got = n;
+    /* n > 0: the items are returned; a bad record after them answers the next call. */
+    return n > 0 ? PMQ_OK : rc;
 }
 
 int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                    size_t *got, int64_t timeout_ns) {
     *got = 0;
     if (max_n == 0) return PMQ_OK;
-    struct timespec ts;
-    const struct timespec *deadline;
-    int forever, rc;
-    if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
-    if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    rc = wait_item(q, deadline, forever);
-    if (rc == PMQ_OK) {
-        pmq_state *w = &q->h->st[1u - q->h->cur];
-        const pmq_state *s = pmq_published(q);
-        uint64_t count_before = s->count, used_before = s->tail - s->head;
-        size_t used = 0, n = 0;
-        while (n < max_n && w->count > 0) {
-            pmq_rec_ref ref;
-            rc = pmq_read_rec(q, w->head, w->tail, &ref);
-            if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
-            if (rc != PMQ_OK) break;
-            int fit = copy_out(ref.rec, buf, cap, &used, lens, n);
-            if (fit != PMQ_OK) {
-                if (fit < 0) rc = fit;
-                break;
+    pmq_call c;
+    pmq_call_init(&c, timeout_ns);
+    for (;;) {
+        int rc = pmq_lock(q, &c);
+        if (rc != PMQ_OK) return rc;
+        pmq_wakes wk = {0, 0};
+        pmq_state *w = pmq_begin(q);
+        rc = skip_dead(q, w);
+        if (rc == PMQ_OK && w->count == 0) {
+            if (!pmq_call_expired(&c)) {
+                rc = pmq_wait_items(q, pmq_items_seen(q), &c, &wk);
+                if (rc != PMQ_OK) return rc;
+                continue; /* look again, also once past the deadline */
             }
-            n++;
-            pmq_rec *popped;
-            rc = pop_head(q, w, &popped);
-            if (rc == PMQ_OK) rc = skip_dead(q, w);
-            if (rc != PMQ_OK) break;
-            w->fetched++;
+            rc = PMQ_E_EMPTY;
         }
-        if (n > 0 && rc != PMQ_E_CORRUPT) {
-            rc = PMQ_OK;
-            pmq_crash_check(6);
-            pmq_commit(q);
-            *got = n;
-            wake_putters(q, count_before, used_before);
+        if (rc == PMQ_OK) {
+            size_t n = 0;
+            rc = take_items(q, w, buf, cap, lens, max_n, &n);
+            if (n > 0) {
+                pmq_crash_check(6);
+                pmq_commit(q);
+                pmq_signal_room(q, &wk);
+                *got = n;
+            }
         }
+        pmq_unlock(q);
+        pmq_wake(q, &wk);
+        return rc;
     }
-    pmq_unlock(q);
-    return rc;
 }
 
 /* One item: a batch of one. */
@@ -447,30 +471,30 @@ int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t ti
 int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
                   uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got) {
     *got = 0;
-    int rc = pmq_lock(q);
+    int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     const pmq_state *s = pmq_published(q);
-    uint64_t pos = s->head;
-    if (*cursor_pos > s->head && *cursor_pos < s->tail && (*cursor_pos & 7u) == 0) {
+    uint64_t head = s->head, tail = s->tail;
+    uint64_t pos = head;
+    if (*cursor_pos > head && *cursor_pos < tail && (*cursor_pos & 7u) == 0) {
         pmq_rec_ref hint;
-        if (pmq_read_rec(q, *cursor_pos, s->tail, &hint) == PMQ_OK && hint.rec != NULL &&
-            hint.rec->id <= *cursor_id)
+        if (pmq_read_rec(q, *cursor_pos, tail, &hint) == PMQ_OK && hint.rec != NULL &&
+            hint.id <= *cursor_id)
             pos = *cursor_pos;
     }
     size_t used = 0, n = 0;
-    while (pos < s->tail && n < max_n) {
+    while (pos < tail && n < max_n) {
         pmq_rec_ref ref;
-        rc = pmq_read_rec(q, pos, s->tail, &ref);
+        rc = pmq_read_rec(q, pos, tail, &ref);
         if (rc != PMQ_OK) break;
-        const pmq_rec *r = ref.rec;
-        if (r != NULL && !(r->flags & REC_TOMB) && r->id >= *cursor_id) {
-            int fit = copy_out(r, buf, cap, &used, lens, n);
+        if (is_live(&ref) && ref.id >= *cursor_id) {
+            int fit = copy_out(&ref, buf, cap, &used, lens, n);
             if (fit != PMQ_OK) {
                 if (fit < 0) rc = fit;
                 break;
             }
             n++;
-            *cursor_id = r->id + 1;
+            *cursor_id = ref.id + 1;
             *cursor_pos = ref.next;
         }
         pos = ref.next;
@@ -482,39 +506,44 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
 
 /* ---- waiting without consuming (asyncio) -------------------------------------------- */
 
-int pmq_wait(pmq_queue *q, int what, int64_t timeout_ns) {
+int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns) {
     if (what != PMQ_WAIT_READABLE && what != PMQ_WAIT_WRITABLE) return PMQ_E_INVAL;
-    struct timespec ts;
-    const struct timespec *deadline;
-    int forever, rc;
-    if ((rc = deadline_for(timeout_ns, &ts, &deadline, &forever)) != PMQ_OK) return rc;
-    if ((rc = pmq_lock(q)) != PMQ_OK) return rc;
-    pmq_header *h = q->h;
-    for (;;) {
-        const pmq_state *s = pmq_published(q);
-        int ready;
-        if (what == PMQ_WAIT_READABLE) {
-            ready = s->count > 0;
-        } else {
-            ready = (h->max_items <= 0 || s->count < (uint64_t)h->max_items) &&
-                    s->tail - s->head < h->data_cap;
-        }
-        if (ready) break;
-        rc = what == PMQ_WAIT_READABLE
-                 ? wait_or_give_up(q, &h->not_empty, &h->getters_waiting, deadline, forever,
-                                   PMQ_E_EMPTY)
-                 : wait_or_give_up(q, &h->not_full, &h->putters_waiting, deadline, forever,
-                                   PMQ_E_FULL);
-        if (rc != PMQ_OK) break;
+    uint64_t size = 0;
+    if (what == PMQ_WAIT_WRITABLE) {
+        if (need_bytes > q->data_cap) return PMQ_E_TOOBIG;
+        size = pmq_rec_size(0, need_bytes);
+        if (size > q->data_cap) return PMQ_E_TOOBIG;
     }
-    pmq_unlock(q);
-    return rc;
+    pmq_call c;
+    pmq_call_init(&c, timeout_ns);
+    for (;;) {
+        int rc = pmq_lock(q, &c);
+        if (rc != PMQ_OK) return rc;
+        pmq_wakes wk = {0, 0};
+        pmq_state *w = pmq_begin(q); /* a scratch copy: never published */
+        rc = skip_dead(q, w);
+        if (rc == PMQ_OK) {
+            int ready = what == PMQ_WAIT_READABLE ? w->count > 0 : has_room(q, w, size, 1);
+            if (!ready) {
+                if (!pmq_call_expired(&c)) {
+                    rc = what == PMQ_WAIT_READABLE
+                             ? pmq_wait_items(q, pmq_items_seen(q), &c, &wk)
+                             : pmq_wait_room(q, pmq_room_seen(q), size, &c, &wk);
+                    if (rc != PMQ_OK) return rc;
+                    continue;
+                }
+                rc = what == PMQ_WAIT_READABLE ? PMQ_E_EMPTY : PMQ_E_FULL;
+            }
+        }
+        pmq_unlock(q);
+        return rc;
+    }
 }
 
 /* ---- reading state ------------------------------------------------------------------ */
 
 int pmq_note_rejected(pmq_queue *q, uint64_t n) {
-    int rc = pmq_lock(q);
+    int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     pmq_state *w = pmq_begin(q);
     w->rejected += n;
@@ -524,7 +553,7 @@ int pmq_note_rejected(pmq_queue *q, uint64_t n) {
 }
 
 int pmq_count(pmq_queue *q, uint64_t *count) {
-    int rc = pmq_lock(q);
+    int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     *count = pmq_published(q)->count;
     pmq_unlock(q);
@@ -532,7 +561,7 @@ int pmq_count(pmq_queue *q, uint64_t *count) {
 }
 
 int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
-    int rc = pmq_lock(q);
+    int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     const pmq_state *s = pmq_published(q);
     out->items = s->count;
@@ -547,8 +576,8 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     out->high_water = s->high_water;
     out->recoveries = s->recoveries;
     out->next_id = s->next_id;
-    out->getters_waiting = q->h->getters_waiting;
-    out->putters_waiting = q->h->putters_waiting;
+    out->getters_waiting = __atomic_load_n(&q->h->items_sleep, __ATOMIC_RELAXED);
+    out->putters_waiting = __atomic_load_n(&q->h->room_sleep, __ATOMIC_RELAXED);
     pmq_unlock(q);
     return PMQ_OK;
 }

@@ -35,10 +35,12 @@ from pymqueue.errors import (
     QueueExists,
     QueueNotFound,
     RpcError,
+    UntrustedSegment,
 )
 
 if TYPE_CHECKING:
     from pymqueue.instance import Instance
+    from pymqueue.queue._engine import get_lock_timeout, set_default_spin, set_lock_timeout
     from pymqueue.queue.aio import AsyncQueue
     from pymqueue.queue.sync import Queue, list_queues, unlink
     from pymqueue.queue.types import AddMode, Overflow, QueueStats
@@ -87,6 +89,9 @@ _LAZY = {
     "AddMode": "pymqueue.queue.types",
     "AsyncQueue": "pymqueue.queue.aio",
     "Instance": "pymqueue.instance",
+    "set_lock_timeout": "pymqueue.queue._engine",
+    "get_lock_timeout": "pymqueue.queue._engine",
+    "set_default_spin": "pymqueue.queue._engine",
 }
 
 __all__ = [
@@ -112,7 +117,11 @@ __all__ = [
     "QueueNotFound",
     "QueueStats",
     "RpcError",
+    "UntrustedSegment",
+    "get_lock_timeout",
     "list_queues",
+    "set_default_spin",
+    "set_lock_timeout",
     "unlink",
 ]
 

@@ -28,6 +28,7 @@ from pymqueue.queue.types import AddMode, Overflow
 
 if TYPE_CHECKING:
     from pymqueue.dmq.core import DmqConfig
+    from pymqueue.dmq.htable import HtableDef
 
 __all__ = [
     "DbMode",
@@ -38,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_dmq_table",
+    "parse_htable_defs",
     "parse_mqueue",
     "queues_from_modparams",
 ]
@@ -75,6 +77,11 @@ class InstanceConfig:
             seen.add(qdef.name)
 
     @property
+    def htables(self) -> tuple[HtableDef, ...]:
+        """The ``[[dmq.htable]]`` tables (replicated htables), in definition order."""
+        return parse_htable_defs(self.dmq) if self.dmq is not None else ()
+
+    @property
     def dmq_config(self) -> DmqConfig | None:
         """The ``[dmq]`` table as a validated :class:`~pymqueue.dmq.DmqConfig` (None if
         absent); :class:`ConfigError` on a bad value (also checked by :func:`load_config`)."""
@@ -108,7 +115,7 @@ def parse_dmq_table(table: Mapping[str, Any], source: str | None = None) -> DmqC
     ctx = _Ctx(source)
     if not isinstance(table, Mapping):
         raise ctx.error("dmq", "must be a table")
-    unknown = sorted(set(table) - set(_DMQ_KEYS))
+    unknown = sorted(set(table) - set(_DMQ_KEYS) - {"htable"})
     if unknown:
         raise ctx.error(f"dmq.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_DMQ_KEYS))})")
     if "server_address" not in table:
@@ -116,7 +123,10 @@ def parse_dmq_table(table: Mapping[str, Any], source: str | None = None) -> DmqC
     if "notification_address" in table and "notification_addresses" in table:
         raise ctx.error("dmq.notification_addresses", "give notification_address or _addresses")
     kwargs: dict[str, Any] = {}
+    parse_htable_defs(table, source)
     for key, value in table.items():
+        if key == "htable":
+            continue
         kind = _DMQ_KEYS[key]
         bad = ctx.error(f"dmq.{key}", f"bad value {value!r}")
         if kind == "str":
@@ -147,6 +157,38 @@ def parse_dmq_table(table: Mapping[str, Any], source: str | None = None) -> DmqC
         return DmqConfig(**kwargs)
     except ConfigError as exc:
         raise ctx.error("dmq", str(exc)) from None
+
+
+_HTABLE_KEYS = {"name": str, "autoexpire": int, "updateexpire": bool, "size": int, "channel": str}
+
+
+def parse_htable_defs(table: Mapping[str, Any], source: str | None = None) -> tuple[HtableDef, ...]:
+    """The ``[[dmq.htable]]`` array of a ``[dmq]`` table (ConfigError on a bad one)."""
+    from pymqueue.dmq.htable import HtableDef  # noqa: PLC0415 - keep the dmq package lazy
+
+    ctx = _Ctx(source)
+    raw = table.get("htable", [])
+    if not isinstance(raw, list) or not all(isinstance(t, Mapping) for t in raw):
+        raise ctx.error("dmq.htable", "must be an array of tables ([[dmq.htable]])")
+    out: list[HtableDef] = []
+    for i, item in enumerate(raw):
+        key = f"dmq.htable[{i}]"
+        for k, v in item.items():
+            want = _HTABLE_KEYS.get(k)
+            if want is None:
+                raise ctx.error(f"{key}.{k}", f"unknown key (known: {', '.join(_HTABLE_KEYS)})")
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ctx.error(f"{key}.{k}", f"must be a {want.__name__}, got {v!r}")
+        if "name" not in item:
+            raise ctx.error(f"{key}.name", "is required")
+        try:
+            hdef = HtableDef(**item)
+        except (ValueError, TypeError) as exc:
+            raise ctx.error(key, str(exc)) from None
+        if any(d.name == hdef.name and d.channel == hdef.channel for d in out):
+            raise ctx.error(f"{key}.name", f"table {hdef.name!r} defined twice")
+        out.append(hdef)
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ __all__ = [
     "Empty",
     "Error",
     "Full",
+    "HtableError",
+    "HtableValueError",
     "InvalidSegment",
     "ItemTooLarge",
     "LockTimeout",
@@ -27,6 +29,7 @@ __all__ = [
     "QueueExists",
     "QueueNotFound",
     "RpcError",
+    "UntrustedSegment",
 ]
 
 
@@ -64,6 +67,10 @@ class ItemTooLarge(QueueError, ValueError):
 
 class InvalidSegment(QueueError, OSError):
     """The shared-memory object is not a pymqueue queue this version understands."""
+
+
+class UntrustedSegment(QueueError, PermissionError):
+    """The shared-memory object is owned by another user or writable by others; unused."""
 
 
 class LockTimeout(QueueError, TimeoutError):
@@ -105,3 +112,13 @@ class DmqTimeout(DmqError, TimeoutError):
 
 class DmqNodeNotFound(DmqError, LookupError):
     """The DMQ node named is not in the node list (or is the local node)."""
+
+
+class HtableError(DmqError):
+    """Root of the errors of a replicated htable (:mod:`pymqueue.dmq.htable`)."""
+
+
+class HtableValueError(HtableError, ValueError):
+    """A key, value, pattern or message that Kamailio's htable cannot carry (refused, never
+    mangled): not UTF-8, a NUL character, an integer outside 32 bits, too large for a DMQ
+    message, or a malformed htable body."""

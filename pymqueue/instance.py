@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pymqueue.db import Persistence
     from pymqueue.dmq import BusThread
     from pymqueue.dmq.core import DmqConfig
+    from pymqueue.dmq.htable_replica import Htable
     from pymqueue.queue.sync import Queue
     from pymqueue.rpc import RpcServer
 
@@ -60,6 +61,8 @@ class Instance:
         self.namespace = namespace if namespace is not None else config.namespace
         self.rpc = None
         self.dmq = None
+        self.htables: dict[str, Htable] = {}
+        """Replicated htables (``[[dmq.htable]]``) by name, while started."""
         self._queues: dict[bytes, Queue] = {}
         self._registry: dict[str, Queue] = {}
         self._attached: set[bytes] = set()
@@ -190,10 +193,19 @@ class Instance:
         from pymqueue.dmq.rpc import register_dmq_rpc  # noqa: PLC0415
 
         bus = BusThread(config=dmq_config)
+        if self.config.htables:  # before start: they ask for their cells when the bus joins
+            from pymqueue.dmq.htable_replica import Htable  # noqa: PLC0415
+
+            for hdef in self.config.htables:
+                self.htables[hdef.name] = Htable(bus, hdef)
         bus.start()
         self.dmq = bus
         if self.rpc is not None:
             register_dmq_rpc(self.rpc, bus)
+            if self.config.htables:
+                from pymqueue.kamailio.htable_rpc import register_htable_rpc  # noqa: PLC0415
+
+                register_htable_rpc(self.rpc, lambda: self.htables)
 
     def _teardown(self) -> None:
         errors: list[BaseException] = []
@@ -203,6 +215,9 @@ class Instance:
             except Exception as exc:
                 errors.append(exc)
             self.dmq = None
+        for table in self.htables.values():
+            table.close()
+        self.htables.clear()
         if self.rpc is not None:
             try:
                 self.rpc.stop()

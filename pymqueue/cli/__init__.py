@@ -4,7 +4,8 @@ Each area keeps its subcommands in a module of its own, one per README section, 
 ``register(subparsers)``: :mod:`~pymqueue.cli.queue` (``ls``, ``stats``, ``unlink``,
 ``get_size``, ``get_sizes``, ``fetch``), :mod:`~pymqueue.cli.demo` (``demo``),
 :mod:`~pymqueue.cli.top` (``top``), :mod:`~pymqueue.cli.serve` (``serve``),
-:mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``); what they share is in
+:mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``), :mod:`~pymqueue.cli.htable`
+(``htable get|set|setex|delete|dump|list``); what they share is in
 :mod:`~pymqueue.cli._common`. This file only lists those modules and dispatches.
 """
 
@@ -25,6 +26,7 @@ _COMMAND_MODULES = [
     "pymqueue.cli.top",
     "pymqueue.cli.serve",
     "pymqueue.cli.dmq",
+    "pymqueue.cli.htable",
 ]
 
 

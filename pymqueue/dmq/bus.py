@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,21 @@ def to_reply(value: object) -> PeerReply:
             str(ctype) if ctype is not None else ("text/plain" if body else None),
         )
     raise TypeError(f"a handler returned {type(value).__name__}, not a reply")
+
+
+RECEIVE_BUFFER = 4 << 20
+"""SO_RCVBUF asked for the bus socket (the kernel caps it at ``net.core.rmem_max``): a
+Kamailio node answers an htable sync request with all its ~60 kB messages at once, which
+overflows the usual 208 kB default and costs a retransmission round per buffer-full."""
+
+
+def _grow_receive_buffer(protocol: DmqProtocol) -> None:
+    sock = protocol._transport.get_extra_info("socket") if protocol._transport else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 class EventStream:
@@ -270,6 +286,7 @@ class Bus:
             self._state = "closed"
             raise DmqError(f"cannot bind {local_addr[0]}:{local_addr[1]}: {exc}") from exc
         self._protocol = protocol
+        _grow_receive_buffer(protocol)
         self._state = "running"
         self.core.start(loop.time())
         protocol.transmit()
@@ -316,6 +333,11 @@ class Bus:
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the bus runs in (None before :meth:`start`)."""
+        return self._loop
 
     async def __aenter__(self) -> Bus:
         return await self.start()

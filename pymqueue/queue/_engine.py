@@ -7,6 +7,7 @@
   queue's name in every message.
 * Shared-memory object names (:func:`shm_name`, :func:`split_shm_name`).
 * Output buffers (:class:`Buf`, :class:`Batch`) and the sliced wait (:func:`wait_loop`).
+* Process-wide settings: the lock timeout and the default spin budget.
 
 The hot paths (``Queue.add``/``Queue.fetch``) call :data:`pmq_add`/:data:`pmq_fetch` on
 :attr:`Handle.ptr` directly: bound once at module level, since an attribute lookup per call
@@ -31,9 +32,13 @@ __all__ = [
     "Batch",
     "Buf",
     "Handle",
+    "Trust",
+    "get_lock_timeout",
     "pmq_add",
     "pmq_fetch",
     "raise_for",
+    "set_default_spin",
+    "set_lock_timeout",
     "shm_name",
     "split_shm_name",
     "unlink",
@@ -53,6 +58,11 @@ E_EMPTY: int = lib.PMQ_E_EMPTY
 E_FULL: int = lib.PMQ_E_FULL
 E_BUFSMALL: int = lib.PMQ_E_BUFSMALL
 E_TOOBIG: int = lib.PMQ_E_TOOBIG
+E_LOCKTIMEOUT: int = lib.PMQ_E_LOCKTIMEOUT
+E_CLOSED: int = lib.PMQ_E_CLOSED
+DEFAULT_MODE = 0o600
+TRUST_MAX_OWNERS: int = lib.PMQ_TRUST_MAX_OWNERS
+DEFAULT_SPIN: float = lib.PMQ_DEFAULT_SPIN_NS / 1e9
 NAME_MAX: int = lib.PMQ_NAME_MAX
 MIN_CAPACITY: int = lib.PMQ_MIN_CAPACITY
 RECORD_OVERHEAD: int = lib.PMQ_RECORD_OVERHEAD
@@ -140,7 +150,14 @@ _MESSAGES: dict[int, tuple[type[errors.QueueError], str]] = {
     ),
     lib.PMQ_E_CORRUPT: (
         errors.InvalidSegment,
-        "queue {name!r} failed validation: its shared memory was overwritten{detail}",
+        "queue {name!r} failed validation (its shared memory was overwritten, its lock names "
+        "a holder that does not exist, or a failed recovery poisoned it){detail}",
+    ),
+    lib.PMQ_E_CLOSED: (errors.QueueClosed, "queue {name!r} is closed{detail}"),
+    lib.PMQ_E_UNTRUSTED: (
+        errors.UntrustedSegment,
+        "shared-memory object of queue {name!r} is owned by a user not trusted or carries "
+        "permission bits beyond the allowed mode; not used{detail}",
     ),
 }
 
@@ -161,6 +178,46 @@ def raise_for(rc: int, name: str, detail: str = "") -> NoReturn:
             raise PermissionError(code, f"queue {name!r}: {os.strerror(code)}{detail}") from err
         raise err
     raise errors.QueueError(f"queue {name!r}: unexpected engine code {rc}{detail}", name)
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+
+def set_lock_timeout(seconds: float) -> None:
+    """How long a call without a deadline waits for a queue's lock held by a live process
+    before it raises :class:`~pymqueue.LockTimeout` (process-wide; default 5 s). A call with
+    a timeout waits for the lock only within its own deadline."""
+    if not seconds > 0:
+        raise ValueError("the lock timeout must be > 0 seconds")
+    lib.pmq_set_lock_timeout(int(seconds * _NS))
+
+
+def get_lock_timeout() -> float:
+    """The process-wide lock timeout, in seconds."""
+    return float(lib.pmq_get_lock_timeout()) / _NS
+
+
+def set_default_spin(seconds: float) -> None:
+    """How long a waiter watches the queue before it sleeps, for queues opened from now on
+    in this process (default 20 µs; 0: sleep at once). ``Queue(spin=...)`` sets one."""
+    if seconds < 0:
+        raise ValueError("the spin budget must be >= 0 seconds")
+    lib.pmq_set_default_spin(int(seconds * _NS))
+
+
+class Trust:
+    """Who may have made a segment this process uses: its permission bits may not go beyond
+    ``mode``, and its owner must be the effective uid or one of ``owners``."""
+
+    __slots__ = ("cdata",)
+
+    def __init__(self, mode: int, owners: tuple[int, ...]) -> None:
+        if len(owners) > TRUST_MAX_OWNERS:
+            raise errors.ConfigError(f"at most {TRUST_MAX_OWNERS} trusted owners")
+        self.cdata = ffi.new(
+            "pmq_trust *",
+            {"allowed_mode": mode, "n_owners": len(owners), "owners": list(owners)},
+        )
 
 
 # ---- buffers ----------------------------------------------------------------------------
@@ -240,6 +297,8 @@ class Handle:
         policy: int,
         addmode: int,
         exclusive: bool,
+        mode: int = DEFAULT_MODE,
+        trust: Trust | None = None,
     ) -> tuple[Handle, bool]:
         """``pmq_create``: create the queue, or attach if it exists and not ``exclusive``;
         returns (handle, created)."""
@@ -250,21 +309,30 @@ class Handle:
                 "capacity": capacity,
                 "policy": policy,
                 "addmode": addmode,
-                "mode": 0o600,
+                "mode": mode,
             },
         )
         out = ffi.new("pmq_queue **")
         created = ffi.new("int *")
-        rc = lib.pmq_create(shm, raw_name, len(raw_name), cfg, int(exclusive), out, created)
+        rc = lib.pmq_create(
+            shm,
+            raw_name,
+            len(raw_name),
+            cfg,
+            int(exclusive),
+            ffi.NULL if trust is None else trust.cdata,
+            out,
+            created,
+        )
         if rc != OK:
             raise_for(rc, name)
         return cls(out[0], name), bool(created[0])
 
     @classmethod
-    def open(cls, shm: bytes, name: str) -> Handle:
-        """``pmq_open``: attach to an existing queue."""
+    def open(cls, shm: bytes, name: str, trust: Trust | None = None) -> Handle:
+        """``pmq_open``: attach to an existing queue (owner and mode checked first)."""
         out = ffi.new("pmq_queue **")
-        rc = lib.pmq_open(shm, out)
+        rc = lib.pmq_open(shm, ffi.NULL if trust is None else trust.cdata, out)
         if rc != OK:
             raise_for(rc, name)
         return cls(out[0], name)
@@ -306,9 +374,7 @@ class Handle:
 
     def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:
         """``pmq_fetch_many``: up to ``want`` items into ``buf``/``batch``."""
-        rc: int = lib.pmq_fetch_many(
-            self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns
-        )
+        rc: int = lib.pmq_fetch_many(self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns)
         return rc
 
     def peek_many(self, buf: Buf, batch: Batch, want: int) -> int:
@@ -325,11 +391,23 @@ class Handle:
         )
         return rc
 
-    def wait(self, readable: bool, ns: int) -> int:
-        """``pmq_wait``: until the queue has an item (``readable``) or room, up to ``ns``."""
+    def wait(self, readable: bool, need: int, ns: int) -> int:
+        """``pmq_wait``: until the queue has an item (``readable``) or room for an item of
+        ``need`` key + value bytes, up to ``ns``."""
         what = lib.PMQ_WAIT_READABLE if readable else lib.PMQ_WAIT_WRITABLE
-        rc: int = lib.pmq_wait(self.ptr, what, ns)
+        rc: int = lib.pmq_wait(self.ptr, what, need, ns)
         return rc
+
+    def set_spin(self, seconds: float) -> None:
+        """``pmq_set_spin``: this handle's spin budget before a waiter sleeps."""
+        if seconds < 0:
+            raise ValueError("the spin budget must be >= 0 seconds")
+        lib.pmq_set_spin(self.ptr, int(seconds * _NS))
+
+    def shutdown(self) -> None:
+        """``pmq_shutdown``: calls of this handle waiting now (other threads) or later
+        return ``PMQ_E_CLOSED``; the mapping goes when the last reference does."""
+        lib.pmq_shutdown(self.ptr)
 
     def note_rejected(self, n: int) -> None:
         """``pmq_note_rejected``: count ``n`` items a blocked add gave up on."""
@@ -349,20 +427,39 @@ def unlink(shm: bytes, name: str) -> bool:
 # ---- waits ------------------------------------------------------------------------------
 
 
-def wait_loop(call: Callable[..., int], timeout: float | None, give_up: int) -> int:
-    """Call ``call(slice_ns)`` until it returns something else than ``give_up`` or the
-    timeout passes; between slices Python runs signal handlers (Ctrl-C)."""
-    if timeout is None:
-        while True:
-            rc = call(SLICE_NS)
-            if rc != give_up:
-                return rc
-    if timeout < 0:
+def wait_loop(call: Callable[..., int], timeout: float | None, give_up: int | None) -> int:
+    """Call ``call(slice_ns)`` until it answers something other than ``give_up`` (the code
+    for "not yet": nothing to fetch, no room) or the deadline passes; between slices Python
+    runs signal handlers, so Ctrl-C reaches every wait.
+
+    ``timeout``: None waits for ever, 0 looks once, > 0 is a deadline for the whole call.
+    ``give_up=None``: the call has no condition to wait for (it only needs the lock). A slice
+    that did not get the lock (``PMQ_E_LOCKTIMEOUT``; C bounds each lock wait by the slice)
+    is tried again until the deadline, or, for a call without one (None or 0), until the
+    lock has stayed out of reach for the process lock timeout (:func:`set_lock_timeout`).
+    """
+    if timeout is not None and timeout < 0:
         raise ValueError("timeout must be None or >= 0")
-    deadline = time.monotonic() + timeout
+    now = time.monotonic()
+    deadline = None if timeout is None else now + timeout
+    lock_limit: float | None = None
     while True:
-        remaining = deadline - time.monotonic()
-        ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
+        if deadline is None:
+            ns = SLICE_NS
+        else:
+            remaining = deadline - now
+            ns = int(min(remaining, WAIT_SLICE) * _NS) if remaining > 0 else 0
         rc = call(ns)
-        if rc != give_up or remaining <= 0:
+        now = time.monotonic()
+        if rc == E_LOCKTIMEOUT:
+            if timeout:  # a deadline bounds the lock waits too
+                if deadline is not None and now >= deadline:
+                    return rc
+            elif lock_limit is None:
+                lock_limit = now + get_lock_timeout()
+            elif now >= lock_limit:
+                return rc
+            continue
+        lock_limit = None
+        if rc != give_up or give_up is None or (deadline is not None and now >= deadline):
             return rc

@@ -13,8 +13,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from pymqueue._text import Key
+from pymqueue._text import Key, to_bytes
 from pymqueue.errors import Empty, Full
+from pymqueue.queue._engine import DUPLICATE as _DUPLICATE
+from pymqueue.queue._engine import E_FULL as _E_FULL
+from pymqueue.queue._engine import OK as _OK
 from pymqueue.queue.sync import Queue
 from pymqueue.queue.types import Overflow, QueueStats
 
@@ -42,12 +45,12 @@ class AsyncQueue:
         """The underlying synchronous queue."""
         return self._queue
 
-    async def _wait(self, readable: bool, deadline: float | None) -> bool:
+    async def _wait(self, readable: bool, deadline: float | None, need: int = 0) -> bool:
         loop = asyncio.get_running_loop()
         remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
         if remaining <= 0:
             return False
-        return await loop.run_in_executor(None, self._queue.wait, readable, remaining)
+        return await loop.run_in_executor(None, self._queue.wait, readable, remaining, need)
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
@@ -98,14 +101,23 @@ class AsyncQueue:
         q = self._queue
         if q.policy is not Overflow.BLOCK:
             return q.add(key, value)
+        k = to_bytes(key)
+        v = to_bytes(value)
         deadline = self._deadline(timeout)
         while True:
-            try:
-                return q.add(key, value, timeout=0)
-            except Full:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-            await self._wait(False, deadline)
+            rc = q._add_once(k, v)
+            if rc != _E_FULL:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                q._note_rejected(1)  # once per call, however many times it looked
+                break
+            # Wakes when an item of this size fits (not merely below the count limit).
+            await self._wait(False, deadline, len(k) + len(v))
+        if rc == _OK:
+            return True
+        if rc == _DUPLICATE:
+            return False
+        q._fail(rc, len(k), len(v))
 
     async def add_many(self, items: Iterable[tuple[Key, Key]], timeout: float | None = None) -> int:
         """Like :meth:`Queue.add_many`; with the block policy, waits for room between the

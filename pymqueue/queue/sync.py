@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
 from pymqueue.errors import ConfigError, Empty, Full, QueueClosed
 from pymqueue.queue import _engine as E
-from pymqueue.queue._engine import Batch, Buf, Handle, wait_loop
+from pymqueue.queue._engine import Batch, Buf, Handle, Trust, wait_loop
 from pymqueue.queue.types import (
     DEFAULT_CAPACITY,
     PICKLE,
@@ -37,6 +37,7 @@ _DUPLICATE = E.DUPLICATE
 _E_EMPTY = E.E_EMPTY
 _E_FULL = E.E_FULL
 _E_BUFSMALL = E.E_BUFSMALL
+_E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
 
 
@@ -60,8 +61,43 @@ def _raw(name: str | bytes) -> bytes:
     return raw
 
 
-def _attach(raw_name: bytes, namespace: str, serializer: Serializer) -> Queue:
-    return Queue(raw_name, create=False, namespace=namespace, serializer=serializer)
+def _owner_uid(owner: int | str) -> int:
+    if isinstance(owner, int):
+        return owner
+    import pwd  # noqa: PLC0415 - only for deployments that name their trusted users
+
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise ConfigError(f"trusted owner {owner!r}: no such user") from None
+
+
+def _trust(
+    mode: int | None, trusted_owners: Iterable[int | str]
+) -> tuple[int, tuple[int, ...], Trust | None]:
+    """(creation mode, trusted uids, trust for the engine) from ``Queue``'s ``mode`` and
+    ``trusted_owners``; None stands for the default (0600, our own uid only)."""
+    owners = tuple(_owner_uid(o) for o in trusted_owners)
+    if mode is None:
+        mode = E.DEFAULT_MODE
+    elif not isinstance(mode, int) or not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise ConfigError(f"mode {mode!r}: permission bits (0o000-0o777) including 0o600")
+    if mode == E.DEFAULT_MODE and not owners:
+        return mode, owners, None
+    return mode, owners, Trust(mode, owners)
+
+
+def _attach(
+    raw_name: bytes, namespace: str, serializer: Serializer, mode: int, owners: tuple[int, ...]
+) -> Queue:
+    return Queue(
+        raw_name,
+        create=False,
+        namespace=namespace,
+        serializer=serializer,
+        mode=mode,
+        trusted_owners=owners,
+    )
 
 
 class Queue:
@@ -80,6 +116,14 @@ class Queue:
     :param addmode: Kamailio's ``addmode``: :class:`AddMode`; keys compare byte-exactly.
     :param namespace: keeps tests and tenants apart; default ``$PYMQUEUE_NAMESPACE``.
     :param serializer: for ``put``/``get``; default pickle.
+    :param mode: permission bits of a queue this handle creates (default ``0o600``), and the
+        most a queue it attaches to may carry: a segment with any bit beyond it (say a
+        ``0o666`` one planted in ``/dev/shm``) is refused with :class:`UntrustedSegment`,
+        also a ``PermissionError``, before anything in it is read.
+    :param trusted_owners: uids (or user names) besides this process's effective uid whose
+        queues this handle may attach to (default: none — only our own).
+    :param spin: seconds a waiter of this handle watches the queue before it sleeps
+        (default :func:`pymqueue.set_default_spin`'s, 20 µs; 0: sleep at once).
     """
 
     __slots__ = (
@@ -89,11 +133,13 @@ class Queue:
         "_created",
         "_engine",
         "_handle",
+        "_mode",
         "_name",
         "_namespace",
         "_raw_name",
         "_serializer",
         "_shm",
+        "_trusted",
         "addmode",
         "capacity",
         "max_items",
@@ -111,6 +157,9 @@ class Queue:
         addmode: AddMode | int | str | None = None,
         namespace: str | None = None,
         serializer: Serializer | None = None,
+        mode: int | None = None,
+        trusted_owners: Iterable[int | str] = (),
+        spin: float | None = None,
     ) -> None:
         self._engine: Handle | None = None
         self._handle: Any = None  # the engine's pointer, for the hot paths; None: closed
@@ -128,8 +177,9 @@ class Queue:
             )
         if size is not None and not isinstance(size, int):
             raise ConfigError(f"size of queue {self._name!r} must be an int, not {size!r}")
+        self._mode, self._trusted, trust = _trust(mode, trusted_owners)
         if create is False:
-            engine = Handle.open(self._shm, self._name)
+            engine = Handle.open(self._shm, self._name, trust)
             self._created = False
         else:
             engine, self._created = Handle.create(
@@ -141,9 +191,13 @@ class Queue:
                 policy=int(want_policy or Overflow.DROP_OLDEST),
                 addmode=int(want_addmode or AddMode.APPEND),
                 exclusive=bool(create),
+                mode=self._mode,
+                trust=trust,
             )
         self._engine = engine
         self._handle = engine.ptr
+        if spin is not None:
+            engine.set_spin(spin)
         max_items, cap, pol, mode = engine.config()
         self.max_items: int = max_items
         self.capacity: int = cap
@@ -210,9 +264,15 @@ class Queue:
         return engine
 
     def close(self) -> None:
-        """Release this process's mapping (idempotent). The queue itself stays."""
-        self._handle = None  # freed once no operation in flight holds it
+        """Release this process's mapping (idempotent). The queue itself stays.
+
+        Calls of this handle waiting in other threads wake up and raise
+        :class:`QueueClosed`; the mapping is freed once no call in flight holds it."""
+        engine = self._engine
+        self._handle = None
         self._engine = None
+        if engine is not None:
+            engine.shutdown()
 
     def unlink(self) -> None:
         """Remove the queue from the host (idempotent); attached handles keep working
@@ -230,7 +290,10 @@ class Queue:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach, (self._raw_name, self._namespace, self._serializer))
+        return (
+            _attach,
+            (self._raw_name, self._namespace, self._serializer, self._mode, self._trusted),
+        )
 
     def __repr__(self) -> str:
         where = f"0x{id(self):x}"
@@ -267,9 +330,12 @@ class Queue:
         rc: int = _pmq_add(handle, k, len(k), v, len(v), 0)
         if rc == _OK:
             return True
-        if rc == _E_FULL and self._block and timeout != 0:
+        waits = rc == _E_FULL and self._block and timeout != 0
+        if waits or rc == _E_LOCKTIMEOUT:
             rc = wait_loop(
-                lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns), timeout, _E_FULL
+                lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns),
+                timeout if self._block else 0,
+                _E_FULL if self._block else None,
             )
             if rc == _OK:
                 return True
@@ -312,7 +378,7 @@ class Queue:
         """fetch() after a first try that found nothing, or an item too big for the buffer."""
         try:
             while True:
-                if rc == _E_EMPTY and timeout != 0:
+                if (rc == _E_EMPTY and timeout != 0) or rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
                         lambda ns, b=buf: _pmq_fetch(handle, b.cdata, b.size, b.clens, ns),
                         timeout,
@@ -358,7 +424,7 @@ class Queue:
         data = b"".join(parts)
         engine = self._h()
         rc, total = engine.add_many(lens, data, n, 0)
-        if rc == _E_FULL and self._block and timeout != 0:
+        if (rc == _E_FULL and self._block and timeout != 0) or rc == _E_LOCKTIMEOUT:
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
 
@@ -370,7 +436,7 @@ class Queue:
                 total += done
                 return rc
 
-            rc = wait_loop(call, timeout, _E_FULL)
+            rc = wait_loop(call, timeout if self._block else 0, _E_FULL if self._block else None)
         if rc == _OK:
             return total
         if rc == E.E_TOOBIG:
@@ -399,9 +465,8 @@ class Queue:
         try:
             while len(out) < max_items:
                 want = max_items - len(out)
-                if wait == 0:
-                    rc = engine.fetch_many(buf, batch, want, 0)
-                else:
+                rc = engine.fetch_many(buf, batch, want, 0) if wait == 0 else _E_LOCKTIMEOUT
+                if rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
                         lambda ns, b=buf, n=want: engine.fetch_many(b, batch, n, ns),
                         wait,
@@ -433,6 +498,8 @@ class Queue:
         while len(out) < max_items:
             want = min(size, max_items - len(out))
             rc = engine.peek_many(buf, batch, want)
+            if rc == _E_LOCKTIMEOUT:  # a try-once call waits only briefly for the lock
+                rc = wait_loop(lambda _ns, b=buf, w=want: engine.peek_many(b, batch, w), 0, None)
             if rc == _E_BUFSMALL:
                 buf = Buf(max(batch.first_size(), 2 * buf.size))
                 continue
@@ -500,20 +567,33 @@ class Queue:
         s = self._h().stats()
         return QueueStats(name=self._name, max_items=self.max_items, capacity=self.capacity, **s)
 
-    def wait(self, readable: bool = True, timeout: float | None = None) -> bool:
-        """Wait until the queue has an item (``readable``) or room; no item is taken.
-        Returns False on timeout. Used by :class:`pymqueue.AsyncQueue`."""
+    def wait(self, readable: bool = True, timeout: float | None = None, need: int = 0) -> bool:
+        """Wait until the queue has an item (``readable``) or room for an item of ``need``
+        key + value bytes (0: any item); nothing is taken. Returns False on timeout.
+        :class:`ItemTooLarge` if such an item can never fit."""
         engine = self._h()
         give_up = _E_EMPTY if readable else _E_FULL
-        if timeout == 0:
-            rc = engine.wait(readable, 0)
-        else:
-            rc = wait_loop(lambda ns: engine.wait(readable, ns), timeout, give_up)
+        rc = wait_loop(lambda ns: engine.wait(readable, need, ns), timeout, give_up)
         if rc == _OK:
             return True
         if rc == give_up:
             return False
-        self._fail(rc)
+        self._fail(rc, need)
+
+    def _add_once(self, key: bytes, value: bytes) -> int:
+        """One add that does not wait for room (the lock only): the engine's return code."""
+        handle = self._handle
+        if handle is None:
+            raise QueueClosed(f"queue {self._name!r} is closed", self._name)
+        rc: int = _pmq_add(handle, key, len(key), value, len(value), 0)
+        if rc == _E_LOCKTIMEOUT:
+            rc = wait_loop(
+                lambda ns: _pmq_add(handle, key, len(key), value, len(value), ns), 0, None
+            )
+        return rc
+
+    def _note_rejected(self, n: int) -> None:
+        self._h().note_rejected(n)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         """Drain: yields items until the queue is empty (does not wait)."""
