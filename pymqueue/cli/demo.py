@@ -50,8 +50,8 @@ REFRESH = 0.1  # seconds between two looks at the queue (the display's tempo)
 # Internal switch (not an option): step 3, the kill of a consumer asleep in a wait, runs when
 # KILL_WAITER is true; PYMQUEUE_DEMO_KILL_WAITER=1/0 overrides it. An engine whose waits are
 # process-shared pthread condvars hangs there (a producer blocks for ever in the signal; the
-# demo then reports the stall and exits 1): it stays off until the futex engine (issue 9) lands.
-KILL_WAITER = False
+# demo then reports the stall and exits 1); the futex eventcounts of issue 9 do not.
+KILL_WAITER = True
 KILL_WAITER_ENV = "PYMQUEUE_DEMO_KILL_WAITER"
 
 # consumer states (shared array)
