@@ -10,6 +10,12 @@ The C engine is imported on first use of a name that needs it, so the pure-Pytho
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pymqueue.errors import (
@@ -39,7 +45,40 @@ if TYPE_CHECKING:
     from pymqueue.queue.sync import Queue, list_queues, unlink
     from pymqueue.queue.types import AddMode, Overflow, QueueStats
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
+_EXTENSION = "pymqueue._pmq_c"
+
+
+class _MissingExtension(importlib.abc.MetaPathFinder):
+    """Consulted after every other finder, so only when ``pymqueue._pmq_c`` was not found: turns
+    the bare ``ModuleNotFoundError`` into one sentence that says what to do."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != _EXTENSION:
+            return None
+        here = os.path.dirname(os.path.abspath(__file__))
+        source_tree = os.path.exists(os.path.join(os.path.dirname(here), "csrc", "pmq_build.py"))
+        if source_tree:
+            fix = (
+                f"{here} is a source checkout without its compiled engine ({_EXTENSION}): "
+                "build it in place "
+                "(`python3 setup.py build_ext --inplace`, or `python3 -m pip install -e .`), or "
+                "run the installed package from outside this directory (after "
+                "`python3 -m pip install .`, the `pymqueue` command works from anywhere)"
+            )
+        else:
+            fix = (
+                f"the compiled engine {_EXTENSION} is missing from {here}: reinstall pymqueue "
+                "(`python3 -m pip install --force-reinstall pymqueue`)"
+            )
+        raise ModuleNotFoundError(f"pymqueue: {fix}.", name=fullname)
+
+
+if not any(isinstance(f, _MissingExtension) for f in sys.meta_path):
+    sys.meta_path.append(_MissingExtension())
 
 _LAZY = {
     "Queue": "pymqueue.queue.sync",

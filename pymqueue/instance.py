@@ -167,6 +167,9 @@ class Instance:
 
                     self.rpc = RpcServer(self.config.rpc)
                     register_mqueue_rpc(self.rpc, self)
+                    from pymqueue.metrics import install_metrics  # noqa: PLC0415
+
+                    install_metrics(self)  # GET /metrics, with the `metrics` extra
                     self.rpc.start()
                 dmq_config = self.config.dmq_config
                 if dmq_config is not None:

@@ -161,6 +161,8 @@ class RpcServer:
         self._http: _HttpServer | None = None
         self._http_thread: threading.Thread | None = None
         self._dgram: _DgramServer | None = None
+        self._observers: list[Callable[[str, str], None]] = []
+        self._get_routes: dict[str, Callable[[], tuple[str, bytes]]] = {}
         self._register_builtins()
 
     # -- registry ------------------------------------------------------------------------------
@@ -186,6 +188,24 @@ class RpcServer:
             if name in self._methods:
                 raise ConfigError(f"RPC method {name!r} is already registered")
             self._methods[name] = _Method(func, str(help), signature)
+
+    def add_observer(self, observer: Callable[[str, str], None]) -> None:
+        """Call ``observer(method, outcome)`` after each request (metrics). ``method`` is the
+        registered name, ``"unknown"`` for one that is not registered, ``"none"`` when the
+        request had no valid method; ``outcome`` is ``"ok"``, or ``"error"`` when the request
+        was answered with an error (by the method or before it ran)."""
+        with self._lock:
+            self._observers.append(observer)
+
+    def add_get_route(self, path: str, route: Callable[[], tuple[str, bytes]]) -> None:
+        """Answer HTTP ``GET path`` with ``route()`` = (content type, body) (e.g. /metrics);
+        any other GET is refused as before (405, use POST)."""
+        with self._lock:
+            self._get_routes[path] = route
+
+    def get_route(self, path: str) -> Callable[[], tuple[str, bytes]] | None:
+        with self._lock:
+            return self._get_routes.get(path)
 
     def methods(self) -> list[str]:
         """The registered method names, sorted (what ``system.listMethods`` answers)."""
@@ -223,6 +243,23 @@ class RpcServer:
 
     def handle(self, data: bytes) -> Reply:
         """Answer one raw request body; never raises (bad input gets an error reply)."""
+        seen: list[str] = []
+        reply = self._handle(data, seen)
+        if self._observers:
+            method = seen[0] if seen else "none"
+            with self._lock:
+                if method != "none" and method not in self._methods:
+                    method = "unknown"  # a client's typo must not become a time series
+                observers = list(self._observers)
+            outcome = "ok" if reply.status == 200 else "error"
+            for observer in observers:
+                try:
+                    observer(method, outcome)
+                except Exception:
+                    log.exception("RPC observer %r failed", observer)
+        return reply
+
+    def _handle(self, data: bytes, seen: list[str]) -> Reply:
         if len(data) > self.max_request_size:
             return self._error(INVALID_REQUEST, "Request too large", None, True, status=413)
         try:
@@ -253,6 +290,7 @@ class RpcServer:
             return self._error(
                 INVALID_REQUEST, "Invalid Request", req_id, has_id, data='"method" must be a string'
             )
+        seen.append(method)
         params = request.get("params")
         if params is not None and not isinstance(params, list | dict):
             return self._error(INVALID_PARAMS, "Invalid params", req_id, has_id)
@@ -589,12 +627,24 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
     def do_GET(self) -> None:
-        self._not_allowed()
+        route = self.server.rpc.get_route(self.path.split("?", 1)[0])
+        if route is None:
+            self._not_allowed()
+            return
+        content_type, body = route()
+        self.send_response(200, "OK")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_HEAD(self) -> None:
         self._not_allowed(body=False)
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+    def _other(self) -> None:
+        self._not_allowed()
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12 (bookworm): the real Kamailio 5.6.3 with the
 # modules the differential tests load, PostgreSQL 15 (server binaries only: tests start a
-# private cluster), sqlite3, redis-server (benchmarks), a C compiler with ASan/UBSan runtimes.
+# private cluster), sqlite3, redis-server (benchmarks), a C compiler with ASan/UBSan runtimes,
+# tmux (drives `pymqueue top` in a real terminal) and git (the packaging test clones the repo).
 #
 # Idempotent: when everything is already installed it does not touch apt at all.
 # No system service is left running: a policy-rc.d forbids starting services while apt runs,
@@ -24,6 +25,8 @@ PACKAGES=(
     libasan8
     libubsan1
     procps
+    tmux
+    git
 )
 
 SUDO=()

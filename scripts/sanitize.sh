@@ -29,6 +29,7 @@ rm -f pymqueue/_pmq_c*.so
 
 san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 export CC="$cc"
+export PMQ_WERROR=1  # as in CI: warnings are errors
 export CFLAGS="${CFLAGS:-} -O1 -g $san"
 export LDFLAGS="${LDFLAGS:-} $san"
 python3 setup.py -q build_ext --inplace --force
@@ -41,7 +42,8 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_stri
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
 so=$(ls pymqueue/_pmq_c*.so)
-if ! ldd "$so" | grep -q 'libasan\|libubsan'; then
+deps=$(ldd "$so")  # not piped into grep -q: with pipefail, ldd's SIGPIPE read as "no match"
+if ! grep -q 'libasan\|libubsan' <<<"$deps"; then
     echo "sanitize: $so is not instrumented (CFLAGS/LDFLAGS not applied?)" >&2
     exit 1
 fi

@@ -12,12 +12,17 @@
   ``@pytest.mark.shm_leak_ok`` to turn the error into a warning.
 * At session end anything left (e.g. by a process that outlived its test) is unlinked and
   reported in the terminal summary, and the session exit status is made non-zero.
+* Before that last look, child processes of the session that are still alive (a worker a
+  failed test did not stop, a server that ignored its signal) are reported the same way and
+  killed by PID: such a process can create or re-create a segment *after* the check, which is
+  how a leftover in /dev/shm escaped it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import string
 import warnings
 from collections.abc import Generator
@@ -59,6 +64,44 @@ _state: dict[str, object] = {}
 _before_key = pytest.StashKey[set[str]]()
 _creators: dict[str, str] = {}  # segment file -> nodeid of the test during which it appeared
 _session_leaks: list[str] = []
+_stragglers: list[str] = []
+
+# children that multiprocessing keeps for the life of the session on purpose
+_SERVICE_PROCESSES = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def live_children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live (not zombie) children of ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid or fields[0] == "Z":
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        found.append((int(entry), cmd))
+    return found
+
+
+def stop_stragglers() -> list[str]:
+    """Kill (by PID) the session's children that outlived their tests; describe them."""
+    out = []
+    for pid, cmd in live_children(os.getpid()):
+        if any(s in cmd for s in _SERVICE_PROCESSES):
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        out.append(f"pid {pid}: {cmd[:200]}")
+    return out
 
 
 def _ns() -> str:
@@ -126,6 +169,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     ns = _state.get("namespace")
     if not isinstance(ns, str):
         return
+    stragglers = stop_stragglers()
+    if stragglers:
+        _stragglers.extend(stragglers)
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     left = segment_files(ns)
     if left:
         unlink_segments(left)
@@ -135,6 +183,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _stragglers:
+        terminalreporter.section("processes that outlived the session", sep="=", red=True)
+        for s in _stragglers:
+            terminalreporter.line(f"killed {s}")
     if _session_leaks:
         terminalreporter.section("shared-memory leaks", sep="=", red=True)
         for s in _session_leaks:

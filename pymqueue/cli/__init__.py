@@ -2,7 +2,8 @@
 
 Each area keeps its subcommands in a module of its own, one per README section, that defines
 ``register(subparsers)``: :mod:`~pymqueue.cli.queue` (``ls``, ``stats``, ``unlink``,
-``get_size``, ``get_sizes``, ``fetch``, ``demo``), :mod:`~pymqueue.cli.serve` (``serve``),
+``get_size``, ``get_sizes``, ``fetch``), :mod:`~pymqueue.cli.demo` (``demo``),
+:mod:`~pymqueue.cli.top` (``top``), :mod:`~pymqueue.cli.serve` (``serve``),
 :mod:`~pymqueue.cli.dmq` (``dmq list``, ``dmq remove``), :mod:`~pymqueue.cli.htable`
 (``htable get|set|setex|delete|dump|list``); what they share is in
 :mod:`~pymqueue.cli._common`. This file only lists those modules and dispatches.
@@ -21,6 +22,8 @@ from pymqueue.errors import Error
 # (func(args) -> int exit status).
 _COMMAND_MODULES = [
     "pymqueue.cli.queue",
+    "pymqueue.cli.demo",
+    "pymqueue.cli.top",
     "pymqueue.cli.serve",
     "pymqueue.cli.dmq",
     "pymqueue.cli.htable",
@@ -38,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ModuleNotFoundError as exc:
+        if exc.name != "pymqueue._pmq_c":
+            raise
+        print(exc, file=sys.stderr)  # one sentence naming the fix (pymqueue/__init__.py)
+        return 1
     try:
         status: int = args.func(args)
     except Error as exc:
