@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pymqueue.errors import (
+    BellTableFull,
     ConfigError,
     DatabaseError,
     DmqError,
@@ -58,6 +59,7 @@ _LAZY = {
 __all__ = [
     "AddMode",
     "AsyncQueue",
+    "BellTableFull",
     "ConfigError",
     "DatabaseError",
     "DmqError",
