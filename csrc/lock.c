@@ -119,8 +119,10 @@ static int recover(pmq_queue *q) {
         pthread_mutex_unlock(&h->lock);
         return PMQ_E_CORRUPT;
     }
-    /* The dead holder may have published without waking anyone: everyone looks again. */
+    /* The dead holder may have published without waking anyone (or taken the armed
+     * doorbells): everyone looks again. */
     pmq_wake_all(q);
+    pmq_bells_ring_all(q);
     return PMQ_OK;
 }
 

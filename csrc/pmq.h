@@ -25,6 +25,7 @@
 
 #define PMQ_OK 0
 #define PMQ_DUPLICATE 1 /* addmode 1: an item with this key exists; nothing added */
+#define PMQ_READY 1     /* pmq_bell_arm: the queue has items now; the bell was not armed */
 
 #define PMQ_E_EMPTY (-1)       /* nothing to fetch within the timeout */
 #define PMQ_E_FULL (-2)        /* no room within the timeout (reject/block policy) */
@@ -60,6 +61,8 @@
 #define PMQ_LOCK_FLOOR_NS 10000000   /* 10 ms: the shortest lock wait of a bounded call */
 #define PMQ_DEFAULT_SPIN_NS 20000    /* 20 us of spinning before a waiter sleeps */
 #define PMQ_TRUST_MAX_OWNERS 16
+#define PMQ_BELLS 64                 /* doorbells a queue can hold (bits of a uint64_t) */
+#define PMQ_BELL_NAME_MAX 32         /* bytes of a doorbell's abstract socket address */
 
 typedef struct pmq_queue pmq_queue;
 
@@ -86,6 +89,8 @@ typedef struct pmq_stats {
     uint64_t next_id;
     uint32_t getters_waiting; /* 1: a fetcher may be asleep waiting for items (a hint) */
     uint32_t putters_waiting; /* 1: a putter may be asleep waiting for room (a hint) */
+    uint32_t bells;           /* doorbells registered (some may belong to dead processes) */
+    uint32_t bells_armed;     /* doorbells waiting for a ring */
 } pmq_stats;
 
 /* Who may have made a segment this process uses. Checked with fstat() right after opening,
@@ -158,9 +163,32 @@ int64_t pmq_get_lock_timeout(void);
 void pmq_set_default_spin(int64_t ns);
 void pmq_set_spin(pmq_queue *q, int64_t ns);
 
+/* Doorbells (bell.c): a file descriptor an event loop can poll for "this queue may have
+ * items now". A doorbell is an AF_UNIX datagram socket the caller binds to the abstract
+ * address pmq_bell_name(token) (token: a random non-zero 64-bit number); the queue's header
+ * keeps PMQ_BELLS tokens and a bitmask of the armed ones. A producer that publishes items
+ * rings (one datagram, never blocking) every armed bell once, after unlocking, and disarms
+ * it; a bell whose socket is gone (its process died) is freed by the first ring or probe
+ * that finds it so. With no bell armed, a publish costs one load more.
+ *
+ * The abstract address of a token's doorbell (starting with a NUL byte, not terminated);
+ * returns its length, or PMQ_E_BUFSMALL. */
+int pmq_bell_name(uint64_t token, uint8_t *buf, size_t cap);
+/* Registers a bound doorbell; *slot receives its place. A full table is first probed (one
+ * datagram to each bell; those nobody is bound to any more are freed): PMQ_E_FULL if no
+ * slot is free after that. */
+int pmq_bell_register(pmq_queue *q, uint64_t token, uint32_t *slot);
+/* Asks for one ring at the next publish of items: PMQ_OK (armed), PMQ_READY (the queue has
+ * items now: not armed, look at once), PMQ_E_INVAL (the slot no longer holds this token: a
+ * ring found its socket gone; register again). */
+int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token);
+/* Frees the slot if it still holds this token. */
+int pmq_bell_unregister(pmq_queue *q, uint32_t slot, uint64_t token);
+
 /* Test hooks: make this process kill itself with SIGKILL at a numbered point inside the
- * next mutating operation (7: pmq_create, segment whole but not yet named), or take the
- * lock and return without releasing it. */
+ * next mutating operation (7: pmq_create, segment whole but not yet named; 8: an add that
+ * disarmed doorbells, after its unlock and before its rings), or take the lock and return
+ * without releasing it. */
 void pmq_test_crash_at(int point);
 int pmq_test_hold_lock(pmq_queue *q);
 

@@ -73,7 +73,13 @@ typedef struct pmq_header {
     uint32_t items_sleep;            /* 1: someone may sleep on items_seq */
     uint32_t room_sleep;             /* 1: someone may sleep on room_seq */
     uint64_t room_need;              /* smallest record a sleeping putter needs (a hint) */
+
+    /* doorbells (bell.c), on their own cache line: every publish of items reads bells_armed */
+    _Alignas(64) uint64_t bells_armed; /* bit i: bell i wants a ring at the next publish */
+    uint64_t bells[PMQ_BELLS];         /* tokens naming the bells' sockets; 0 = free */
 } pmq_header;
+
+_Static_assert(PMQ_BELLS == 64, "bells_armed has one bit per bell");
 
 typedef struct pmq_rec {
     uint32_t klen;
@@ -170,9 +176,11 @@ static inline int pmq_call_expired(const pmq_call *c) {
     return !c->forever && pmq_now_ns() >= c->end;
 }
 
-/* Wake-ups owed once the lock is released (see wait.c). */
+/* Wake-ups owed once the lock is released (see wait.c): futex words, and the doorbells to
+ * ring (bell.c). Start with {0}. */
 typedef struct pmq_wakes {
     uint8_t items, room;
+    uint64_t bells;
 } pmq_wakes;
 
 /* lock.c */
@@ -200,6 +208,18 @@ int pmq_wait_room(pmq_queue *q, uint32_t seen, uint64_t need, const pmq_call *c,
 /* Wakes every sleeper of both eventcounts (recovery, shutdown). */
 void pmq_wake_all(pmq_queue *q);
 int64_t pmq_default_spin(void);
+
+/* bell.c */
+/* Under the lock, after a publish of items: takes (disarms) the armed bells into wk. */
+static inline void pmq_bells_take(pmq_queue *q, pmq_wakes *wk) {
+    if (__atomic_load_n(&q->h->bells_armed, __ATOMIC_RELAXED) != 0)
+        wk->bells |= __atomic_exchange_n(&q->h->bells_armed, 0, __ATOMIC_RELAXED);
+}
+/* After unlocking: one datagram to each bell of mask; frees the bells nobody is bound to. */
+void pmq_bells_ring(pmq_queue *q, uint64_t mask);
+/* Rings every registered bell (recovery: a dead holder may have taken armed bits). */
+void pmq_bells_ring_all(pmq_queue *q);
+uint32_t pmq_bells_count(const pmq_queue *q, uint32_t *armed);
 
 /* ring.c */
 pmq_state *pmq_begin(pmq_queue *q);

@@ -317,7 +317,7 @@ static int add_items(pmq_queue *q, const add_src *src, size_t n, size_t *done,
         int rc = pmq_lock(q, &c);
         if (rc != PMQ_OK) return rc;
         if (*done == 0) pmq_crash_check(1);
-        pmq_wakes wk = {0, 0};
+        pmq_wakes wk = {0};
         uint64_t added = 0, need = 0;
         while (*done < n) {
             const uint8_t *key = src->key, *val = src->val;
@@ -430,7 +430,7 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
     for (;;) {
         int rc = pmq_lock(q, &c);
         if (rc != PMQ_OK) return rc;
-        pmq_wakes wk = {0, 0};
+        pmq_wakes wk = {0};
         pmq_state *w = pmq_begin(q);
         rc = skip_dead(q, w);
         if (rc == PMQ_OK && w->count == 0) {
@@ -519,7 +519,7 @@ int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns) {
     for (;;) {
         int rc = pmq_lock(q, &c);
         if (rc != PMQ_OK) return rc;
-        pmq_wakes wk = {0, 0};
+        pmq_wakes wk = {0};
         pmq_state *w = pmq_begin(q); /* a scratch copy: never published */
         rc = skip_dead(q, w);
         if (rc == PMQ_OK) {
@@ -584,6 +584,7 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     out->next_id = s->next_id;
     out->getters_waiting = __atomic_load_n(&q->h->items_sleep, __ATOMIC_RELAXED);
     out->putters_waiting = __atomic_load_n(&q->h->room_sleep, __ATOMIC_RELAXED);
+    out->bells = pmq_bells_count(q, &out->bells_armed);
     pmq_unlock(q);
     return PMQ_OK;
 }

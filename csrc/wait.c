@@ -78,6 +78,7 @@ static int signal_ec(uint32_t *seq, uint32_t *flag) {
 
 void pmq_signal_items(pmq_queue *q, pmq_wakes *wk) {
     if (signal_ec(&q->h->items_seq, &q->h->items_sleep)) wk->items = 1;
+    pmq_bells_take(q, wk); /* one relaxed load when no doorbell is armed */
 }
 
 void pmq_signal_room(pmq_queue *q, pmq_wakes *wk) {
@@ -90,6 +91,7 @@ void pmq_signal_room(pmq_queue *q, pmq_wakes *wk) {
 void pmq_wake(pmq_queue *q, const pmq_wakes *wk) {
     if (wk->items) futex_wake_all(&q->h->items_seq);
     if (wk->room) futex_wake_all(&q->h->room_seq);
+    if (wk->bells) pmq_bells_ring(q, wk->bells);
 }
 
 void pmq_wake_all(pmq_queue *q) {

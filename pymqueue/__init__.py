@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pymqueue.errors import (
+    BellTableFull,
     ConfigError,
     DatabaseError,
     DmqError,
@@ -97,6 +98,7 @@ _LAZY = {
 __all__ = [
     "AddMode",
     "AsyncQueue",
+    "BellTableFull",
     "ConfigError",
     "DatabaseError",
     "DmqError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue as _stdqueue
 
 __all__ = [
+    "BellTableFull",
     "ConfigError",
     "DatabaseError",
     "DmqError",
@@ -79,6 +80,11 @@ class LockTimeout(QueueError, TimeoutError):
 
 class QueueClosed(QueueError, ValueError):
     """The handle was closed (like I/O on a closed file)."""
+
+
+class BellTableFull(QueueError, OSError):
+    """``Queue.fileno()``: the queue's doorbell table is full (64 live registrants); poll
+    another way (``AsyncQueue`` falls back to waiting in a worker thread)."""
 
 
 class ConfigError(Error, ValueError):

@@ -33,6 +33,7 @@ __all__ = [
     "Buf",
     "Handle",
     "Trust",
+    "bell_name",
     "get_lock_timeout",
     "pmq_add",
     "pmq_fetch",
@@ -60,6 +61,9 @@ E_BUFSMALL: int = lib.PMQ_E_BUFSMALL
 E_TOOBIG: int = lib.PMQ_E_TOOBIG
 E_LOCKTIMEOUT: int = lib.PMQ_E_LOCKTIMEOUT
 E_CLOSED: int = lib.PMQ_E_CLOSED
+E_INVAL: int = lib.PMQ_E_INVAL
+READY: int = lib.PMQ_READY
+BELLS: int = lib.PMQ_BELLS
 DEFAULT_MODE = 0o600
 TRUST_MAX_OWNERS: int = lib.PMQ_TRUST_MAX_OWNERS
 DEFAULT_SPIN: float = lib.PMQ_DEFAULT_SPIN_NS / 1e9
@@ -91,6 +95,8 @@ _STATS_FIELDS = (
     "recoveries",
     "getters_waiting",
     "putters_waiting",
+    "bells",
+    "bells_armed",
 )
 
 
@@ -416,6 +422,40 @@ class Handle:
     def note_rejected(self, n: int) -> None:
         """``pmq_note_rejected``: count ``n`` items a blocked add gave up on."""
         lib.pmq_note_rejected(self.ptr, n)
+
+    def bell_register(self, token: int) -> int:
+        """``pmq_bell_register``: the slot of the doorbell bound to :func:`bell_name`
+        (``token``); raises :class:`~pymqueue.errors.BellTableFull` when none is free."""
+        slot = ffi.new("uint32_t *")
+        rc = lib.pmq_bell_register(self.ptr, token, slot)
+        if rc == E_FULL:
+            raise errors.BellTableFull(
+                f"queue {self.name!r}: all {BELLS} doorbells are taken by live processes",
+                self.name,
+            )
+        if rc != OK:
+            raise_for(rc, self.name)
+        return int(slot[0])
+
+    def bell_arm(self, slot: int, token: int) -> int:
+        """``pmq_bell_arm``: OK (armed), READY (items now, not armed) or E_INVAL (the slot
+        was freed: register again); other codes raise."""
+        rc: int = lib.pmq_bell_arm(self.ptr, slot, token)
+        if rc not in (OK, READY, E_INVAL):
+            raise_for(rc, self.name)
+        return rc
+
+    def bell_unregister(self, slot: int, token: int) -> None:
+        """``pmq_bell_unregister``: free the slot if it still holds ``token``. Never raises:
+        a slot left behind is freed by the first ring or probe that finds its socket gone."""
+        lib.pmq_bell_unregister(self.ptr, slot, token)
+
+
+def bell_name(token: int) -> bytes:
+    """``pmq_bell_name``: the abstract AF_UNIX address (leading NUL) of a doorbell."""
+    buf = ffi.new("uint8_t[]", lib.PMQ_BELL_NAME_MAX)
+    n = lib.pmq_bell_name(token, buf, lib.PMQ_BELL_NAME_MAX)
+    return bytes(ffi.buffer(buf, n))
 
 
 def unlink(shm: bytes, name: str) -> bool:

@@ -1,9 +1,16 @@
 """``pymqueue.AsyncQueue``: the queue for asyncio code.
 
-A wait never runs on the event loop: a worker thread waits (in short slices, in C, without
-the GIL) until the queue *looks* readable or writable, and the coroutine then takes the item
-with a non-blocking call on the loop thread. Since the worker never takes an item, a
+A wait never blocks the event loop, and waiting never takes an item: the coroutine takes it
+with a non-blocking call on the loop thread once the queue *looks* readable or writable, so a
 cancelled ``get`` can never lose one.
+
+* Waits for items use the handle's doorbell (:meth:`Queue.fileno`): one ``add_reader`` per
+  handle and loop, however many coroutines wait on it; a ring wakes them all and each looks
+  again. No thread is involved, so a thousand coroutines can await a thousand queues. Each
+  wait also looks again every ``_RECHECK`` seconds (a producer killed between its add and
+  its ring must not leave a waiter asleep for ever).
+* When the queue's 64 doorbells are taken (or no socket can be made), and for waits for room
+  (block policy), a worker thread waits in short slices in C without the GIL.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 from pymqueue._text import Key, to_bytes
 from pymqueue.errors import Empty, Full
+from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import DUPLICATE as _DUPLICATE
 from pymqueue.queue._engine import E_FULL as _E_FULL
 from pymqueue.queue._engine import OK as _OK
@@ -24,6 +32,13 @@ from pymqueue.queue.types import Overflow, QueueStats
 __all__ = ["AsyncQueue"]
 
 _SLICE = 0.05  # seconds a worker thread waits before the coroutine looks again
+_RECHECK = 1.0  # seconds a doorbell wait lasts at most before the coroutine looks again
+_BELL_RETRY = 1.0  # seconds before a handle without a doorbell tries to get one again
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class AsyncQueue:
@@ -39,6 +54,7 @@ class AsyncQueue:
         else:
             self._queue = Queue(queue, **kwargs)
             self._owned = True
+        self._no_bell_until = 0.0  # monotonic time before which waits use a thread
 
     @property
     def queue(self) -> Queue:
@@ -51,6 +67,57 @@ class AsyncQueue:
         if remaining <= 0:
             return False
         return await loop.run_in_executor(None, self._queue.wait, readable, remaining, need)
+
+    def _bell(self, loop: asyncio.AbstractEventLoop) -> Bell | None:
+        """The handle's doorbell, for waits on ``loop``; None: wait in a thread instead."""
+        if self._no_bell_until and time.monotonic() < self._no_bell_until:
+            return None
+        try:
+            bell = self._queue._bell_here()
+        except OSError:  # BellTableFull, EMFILE …: fall back, try again later
+            self._no_bell_until = time.monotonic() + _BELL_RETRY
+            return None
+        self._no_bell_until = 0.0
+        if bell.loop is not loop:
+            old = bell.loop
+            if old is not None and not old.is_closed() and (bell.futures or bell.reading):
+                return None  # coroutines of another loop wait on it
+            bell.loop = loop
+            bell.futures = set()
+            bell.reading = False
+            bell.armed = False
+        return bell
+
+    async def _wait_items(self, deadline: float | None) -> None:
+        """Until the queue may have items, the deadline, or ``_RECHECK`` seconds."""
+        loop = asyncio.get_running_loop()
+        bell = self._bell(loop)
+        if bell is None:
+            await self._wait(True, deadline)
+            return
+        if not bell.armed:
+            if bell.arm(self._queue._h()):
+                bell.wake_all()  # items now (a ring it drained may have been theirs too)
+                return
+            bell.armed = True
+        if not bell.reading:
+            loop.add_reader(bell.fileno(), bell.on_ring)
+            bell.reading = True
+        fut: asyncio.Future[None] = loop.create_future()
+        bell.futures.add(fut)
+        delay = _RECHECK if deadline is None else min(_RECHECK, deadline - time.monotonic())
+        timer = loop.call_later(max(delay, 0.0), _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            if fut in bell.futures:  # not woken by a ring (on_ring empties the set)
+                bell.futures.discard(fut)
+                if fut.done():
+                    # The time was up: if a ring was lost (a producer killed between its
+                    # add and its ring), the bell is not armed any more. Arm it again.
+                    bell.armed = False
+            bell.stop_reading()
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
@@ -67,7 +134,7 @@ class AsyncQueue:
                 return item
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-            await self._wait(True, deadline)
+            await self._wait_items(deadline)
 
     async def fetch_many(
         self, max_items: int, timeout: float | None = None
@@ -79,7 +146,7 @@ class AsyncQueue:
                 return items
             if deadline is not None and time.monotonic() >= deadline:
                 return []
-            await self._wait(True, deadline)
+            await self._wait_items(deadline)
 
     async def get(self, timeout: float | None = None) -> Any:
         """The oldest object; :class:`pymqueue.Empty` if none arrives within ``timeout``."""

@@ -9,6 +9,7 @@ threads are never held up.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
 from pymqueue.errors import ConfigError, Empty, Full, QueueClosed
 from pymqueue.queue import _engine as E
+from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import Batch, Buf, Handle, Trust, wait_loop
 from pymqueue.queue.types import (
     DEFAULT_CAPACITY,
@@ -39,6 +41,7 @@ _E_FULL = E.E_FULL
 _E_BUFSMALL = E.E_BUFSMALL
 _E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
+_BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race for it
 
 
 def _default_namespace() -> str:
@@ -128,6 +131,7 @@ class Queue:
 
     __slots__ = (
         "__weakref__",
+        "_bell",
         "_block",
         "_bufs",
         "_created",
@@ -163,6 +167,7 @@ class Queue:
     ) -> None:
         self._engine: Handle | None = None
         self._handle: Any = None  # the engine's pointer, for the hot paths; None: closed
+        self._bell: Bell | None = None  # fileno()'s doorbell, made on first use
         self._raw_name = _raw(name)
         self._name = name_text(self._raw_name)
         self._namespace = _check_namespace(namespace)
@@ -271,6 +276,10 @@ class Queue:
         engine = self._engine
         self._handle = None
         self._engine = None
+        bell = self._bell
+        self._bell = None
+        if bell is not None:
+            bell.close(engine)
         if engine is not None:
             engine.shutdown()
 
@@ -575,6 +584,69 @@ class Queue:
         if rc == give_up:
             return False
         self._fail(rc, need)
+
+    # ---- event loops: the doorbell -----------------------------------------------------
+
+    def fileno(self) -> int:
+        """A file descriptor that becomes readable when the queue may have items, for
+        ``selectors``, ``select``/``poll``, ``multiprocessing.connection.wait`` and asyncio's
+        ``loop.add_reader``. Every call also does what :meth:`arm` does.
+
+        The descriptor is this handle's *doorbell* (a datagram socket, one per handle and
+        process, made on first use and closed by :meth:`close`). The protocol:
+
+        1. :meth:`arm` (or ``fileno()``): if the queue has items now, the descriptor is made
+           readable at once; otherwise the next add to the queue, from any process, makes it
+           readable. Either way, pending rings are read first, so a descriptor armed on an
+           empty queue is not readable.
+        2. Readable means "look": ``fetch()`` until it returns None (another consumer may
+           have been faster; the descriptor says *may* have items).
+        3. Call :meth:`arm` again before waiting again: a bell rings once per arm. Helpers
+           that call ``fileno()`` each time they wait (``multiprocessing.connection.wait``,
+           ``select.select``, a selector registered anew) do it themselves; a selector or
+           ``add_reader`` registered once needs ``arm()`` after each wake-up.
+
+        Cost: nothing for producers while no bell is armed (one load per add); one datagram
+        per armed bell at the next add, sent after the queue's lock is released. A queue
+        holds 64 doorbells; bells of dead processes are freed when a ring or a full table
+        finds them gone. Doorbells work between processes of the same network namespace
+        (they are abstract AF_UNIX sockets).
+
+        :raises BellTableFull: 64 live processes or handles hold the queue's doorbells
+            (also an ``OSError``).
+        :raises QueueClosed: the handle is closed.
+        """
+        bell = self._bell_here()
+        if bell.arm(self._h()):
+            bell.ring_self()
+        return bell.fileno()
+
+    def arm(self) -> bool:
+        """Re-arm the doorbell of :meth:`fileno` (see its protocol). Returns True when the
+        queue has items now (the descriptor is then readable at once), False when the next
+        add will ring it."""
+        bell = self._bell_here()
+        if bell.arm(self._h()):
+            bell.ring_self()
+            return True
+        return False
+
+    def _bell_here(self) -> Bell:
+        """This handle's doorbell in this process (a forked child makes its own)."""
+        bell = self._bell
+        pid = os.getpid()
+        if bell is not None and bell.pid == pid:
+            return bell
+        engine = self._h()
+        with _BELL_LOCK:
+            bell = self._bell
+            if bell is not None and bell.pid == pid:
+                return bell
+            if bell is not None:
+                bell.close(None)  # our copy of the parent's socket; its slot stays the parent's
+            self._bell = None
+            bell = self._bell = Bell(engine)
+            return bell
 
     def _add_once(self, key: bytes, value: bytes) -> int:
         """One add that does not wait for room (the lock only): the engine's return code."""

@@ -89,6 +89,8 @@ class QueueStats:
     recoveries: int
     getters_waiting: int
     putters_waiting: int
+    bells: int  # doorbells registered (``Queue.fileno()``), dead owners' included
+    bells_armed: int  # doorbells waiting for the next add
 
 
 class Serializer(Protocol):
