@@ -29,6 +29,7 @@ __all__ = [
     "QueueExists",
     "QueueNotFound",
     "RpcError",
+    "TaskDoneError",
     "UntrustedSegment",
 ]
 
@@ -79,6 +80,10 @@ class LockTimeout(QueueError, TimeoutError):
 
 class QueueClosed(QueueError, ValueError):
     """The handle was closed (like I/O on a closed file)."""
+
+
+class TaskDoneError(QueueError, ValueError):
+    """``JoinableQueue.task_done()`` was called more times than items were put."""
 
 
 class ConfigError(Error, ValueError):
