@@ -3,7 +3,7 @@
 
 * A unique name, ``mp-<pid>-<counter>-<8 hex>``, in the caller's namespace.
 * The creating process owns it (:class:`Owner`): it unlinks the name on ``close()``, when
-  the object is collected and at exit (a ``weakref.finalize``, which runs at exit). Only the
+  the object is collected and at exit (also the exit of a ``multiprocessing`` child). Only the
   creating PID unlinks: a forked child that inherits the object, closes it or exits (or
   crashes) leaves the queue to its creator. Handles that are already attached keep working
   after the unlink, as with files; only attaching by name is no longer possible.
@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import stat
-import weakref
 from collections.abc import Callable
 
 __all__ = ["PRIVATE_PREFIX", "Owner", "new_name", "sweep_stale"]
@@ -53,11 +52,21 @@ def _open_nofollow(path: str) -> int:
 
 class Owner:
     """What the creator of a private queue holds: a shared ``flock`` on the segment (its
-    "alive" mark for :func:`sweep_stale`) and the finaliser that unlinks the name."""
+    "alive" mark for :func:`sweep_stale`) and the finaliser that unlinks the name.
+
+    The finaliser is ``multiprocessing.util.Finalize`` (a weak reference's callback plus an
+    exit hook) rather than ``weakref.finalize``: it also runs when a ``multiprocessing``
+    child exits (those end in ``os._exit``, skipping ``atexit``), only in the process that
+    made it, and its negative exit priority runs it after the exiting process has joined its
+    non-daemon children, so a ``spawn`` child started just before the parent's exit still
+    finds the name to attach to.
+    """
 
     __slots__ = ("_finalizer", "pid")
 
     def __init__(self, obj: object, path: str, unlink: Callable[[], object]) -> None:
+        from multiprocessing import util  # noqa: PLC0415 - only for private queues
+
         self.pid = os.getpid()
         fd = _open_nofollow(path)
         try:
@@ -65,17 +74,17 @@ class Owner:
         except OSError:
             os.close(fd)
             raise
-        self._finalizer = weakref.finalize(obj, _release, self.pid, fd, unlink)
+        self._finalizer = util.Finalize(obj, _release, (fd, unlink), exitpriority=-10)
 
     def release(self) -> None:
-        """Unlink (in the creating process only) and drop the lock; idempotent."""
+        """Unlink and drop the lock, in the creating process only (elsewhere nothing);
+        idempotent."""
         self._finalizer()
 
 
-def _release(pid: int, fd: int, unlink: Callable[[], object]) -> None:
+def _release(fd: int, unlink: Callable[[], object]) -> None:
     try:
-        if os.getpid() == pid:
-            unlink()
+        unlink()
     finally:
         os.close(fd)
 

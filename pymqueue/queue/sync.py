@@ -89,7 +89,7 @@ def _trust(
     return mode, owners, Trust(mode, owners)
 
 
-def _attach(
+def _attach(  # noqa: PLR0917 - positional: the arguments of Queue.__reduce__
     raw_name: bytes,
     namespace: str,
     serializer: Serializer,
@@ -110,9 +110,7 @@ def _attach(
     return q
 
 
-def _mp_settings(
-    maxsize: int | None, size: int | None, policy: object
-) -> tuple[int, Overflow]:
+def _mp_settings(maxsize: int | None, size: int | None, policy: object) -> tuple[int, Overflow]:
     """(size, policy) of multiprocessing's ``maxsize``: <= 0 unbounded, put blocks when full."""
     if size is not None or policy is not None:
         raise ConfigError(
@@ -209,7 +207,7 @@ class Queue:
                 raise ConfigError("a private queue (no name) cannot be attached: create=False")
             create = True
             name = _private.new_name()
-        assert name is not None
+        assert isinstance(name, str | bytes)
         self._raw_name = _raw(name)
         self._name = name_text(self._raw_name)
         self._namespace = _check_namespace(namespace)
