@@ -903,3 +903,44 @@ def test_close_wakes_a_join_in_another_thread() -> None:
     t.join(30)
     assert len(errors) == 1
     assert isinstance(errors[0], pymqueue.QueueClosed)
+
+
+# =============================================================================================
+# Part 4. The drop-in, end to end: multiprocessing's documented example with one import changed
+# =============================================================================================
+
+_DROP_IN = """
+import sys
+from multiprocessing import Process, set_start_method
+from pymqueue import Queue            # was: from multiprocessing import Queue
+
+def f(q, out):
+    print(q.get(timeout=30), flush=True)   # the parent may have exited meanwhile
+    out.put([42, None, 'hello'])
+
+if __name__ == '__main__':
+    set_start_method(sys.argv[1])
+    q, out = Queue(), Queue()
+    print(out._shm.decode()[1:], q._shm.decode()[1:], flush=True)
+    q.put('from the parent')
+    p = Process(target=f, args=(q, out))
+    p.start()
+    print(out.get(timeout=30), flush=True)
+    q.put('after the parent left')
+    p2 = Process(target=f, args=(q, out))
+    p2.start()            # never joined: the parent exits at once, as plenty of scripts do
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_example_with_one_import_changed(tmp_path: Path, method: str) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(_DROP_IN)
+    done = subprocess.run(
+        [sys.executable, str(script), method], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    names, *lines = done.stdout.splitlines()
+    assert lines == ["from the parent", "[42, None, 'hello']", "after the parent left"]
+    for entry in names.split():
+        assert not (SHM / entry).exists()  # both unlinked at the parent's exit
