@@ -41,7 +41,7 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_stri
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
 so=$(ls pymqueue/_pmq_c*.so)
-if ! ldd "$so" | grep -q 'libasan\|libubsan'; then
+if ! ldd "$so" | grep 'libasan\|libubsan' >/dev/null; then
     echo "sanitize: $so is not instrumented (CFLAGS/LDFLAGS not applied?)" >&2
     exit 1
 fi
