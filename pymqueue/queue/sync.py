@@ -207,7 +207,8 @@ class Queue:
                 raise ConfigError("a private queue (no name) cannot be attached: create=False")
             create = True
             name = _private.new_name()
-        assert isinstance(name, str | bytes)
+        if not isinstance(name, str | bytes):
+            raise ConfigError(f"a queue name is str or bytes, not {name!r}")
         self._raw_name = _raw(name)
         self._name = name_text(self._raw_name)
         self._namespace = _check_namespace(namespace)
