@@ -43,6 +43,8 @@
 #define PMQ_E_CLOSED (-13)     /* the handle was shut down (pmq_shutdown) */
 #define PMQ_E_UNTRUSTED (-14)  /* the segment's owner or mode is not allowed (pmq_trust);
                                 * nothing in it was read */
+#define PMQ_E_NOTASK (-15)     /* pmq_task_done: fewer unfinished items than asked; no change */
+#define PMQ_E_PENDING (-16)    /* pmq_join: unfinished items remain at the deadline */
 
 #define PMQ_POLICY_DROP_OLDEST 0
 #define PMQ_POLICY_REJECT 1
@@ -153,6 +155,16 @@ uint64_t pmq_count_hint(const pmq_queue *q);
 /* Block policy: count items whose caller gave up waiting for room. */
 int pmq_note_rejected(pmq_queue *q, uint64_t n);
 int pmq_get_stats(pmq_queue *q, pmq_stats *out);
+
+/* JoinableQueue. The unfinished count is the number of items added to the queue (by any
+ * handle) and neither marked done, dropped (drop-oldest) nor replaced (addmode 2). It lives
+ * in the published state, so it moves in the same store as the items it counts and a
+ * process killed at any instant leaves it exact (a consumer killed between its fetch and
+ * its task_done leaves its item unfinished for ever). */
+int pmq_task_done(pmq_queue *q, uint64_t n);
+/* PMQ_OK once the unfinished count is 0; PMQ_E_PENDING if it is not at the deadline. */
+int pmq_join(pmq_queue *q, int64_t timeout_ns);
+int pmq_unfinished(pmq_queue *q, uint64_t *out);
 
 /* How long a live lock holder may keep others waiting (default 5 s). */
 void pmq_set_lock_timeout(int64_t timeout_ns);

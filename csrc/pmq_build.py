@@ -18,7 +18,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "pmq.h"
-SOURCES = ["segment.c", "lock.c", "wait.c", "ring.c", "index.c", "recover.c", "bell.c"]
+SOURCES = ["segment.c", "lock.c", "wait.c", "ring.c", "index.c", "recover.c", "bell.c", "tasks.c"]
 
 _BEGIN = "/* pmq_build.py: cdef begins */"
 _END = "/* pmq_build.py: cdef ends */"

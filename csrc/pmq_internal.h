@@ -44,6 +44,8 @@ typedef struct pmq_state {
     uint64_t high_water;
     uint64_t recoveries;
     uint64_t pending_tomb; /* record to mark REC_TOMB (rolled forward on recovery) */
+    uint64_t tasks_done;   /* task_done() calls (tasks.c): unfinished = added - dropped -
+                            * replaced - tasks_done, published with the items it counts */
 } pmq_state;
 
 typedef struct pmq_header {
@@ -66,6 +68,10 @@ typedef struct pmq_header {
     uint32_t poisoned; /* a recovery failed: the segment is unusable */
     uint32_t cur;      /* which of st[] is published (read masked with 1) */
     pmq_state st[2];
+
+    /* join() waiters' eventcount (tasks.c), on its own cache line */
+    _Alignas(64) uint32_t tasks_seq; /* bumped when the unfinished count falls to 0 */
+    uint32_t tasks_sleep;            /* 1: someone may sleep on tasks_seq */
 
     /* eventcounts, on their own cache line: waiters spin reading them */
     _Alignas(64) uint32_t items_seq; /* bumped after every publish that adds items */
@@ -220,6 +226,13 @@ void pmq_bells_ring(pmq_queue *q, uint64_t mask);
 /* Rings every registered bell (recovery: a dead holder may have taken armed bits). */
 void pmq_bells_ring_all(pmq_queue *q);
 uint32_t pmq_bells_count(const pmq_queue *q, uint32_t *armed);
+
+/* wait.c, for tasks.c: the eventcount of join() waiters (tasks_seq / tasks_sleep).
+ * pmq_signal_tasks: under the lock, after publishing a count of 0; 1 if a wake is owed. */
+int pmq_signal_tasks(pmq_queue *q);
+void pmq_wake_tasks(pmq_queue *q);
+uint32_t pmq_tasks_seen(const pmq_queue *q);
+int pmq_wait_tasks(pmq_queue *q, uint32_t seen, const pmq_call *c);
 
 /* ring.c */
 pmq_state *pmq_begin(pmq_queue *q);

@@ -99,6 +99,8 @@ void pmq_wake_all(pmq_queue *q) {
     __atomic_fetch_add(&q->h->room_seq, 1u, __ATOMIC_SEQ_CST);
     futex_wake_all(&q->h->items_seq);
     futex_wake_all(&q->h->room_seq);
+    __atomic_fetch_add(&q->h->tasks_seq, 1u, __ATOMIC_SEQ_CST);
+    pmq_wake_tasks(q);
 }
 
 void pmq_shutdown(pmq_queue *q) {
@@ -178,4 +180,19 @@ int pmq_wait_room(pmq_queue *q, uint32_t seen, uint64_t need, const pmq_call *c,
     pmq_unlock(q);
     pmq_wake(q, wk);
     return wait_ec(q, &q->h->room_seq, &q->h->room_sleep, seen, c);
+}
+
+/* ---- join() waiters (tasks.c): the same protocol on tasks_seq / tasks_sleep ---------- */
+
+int pmq_signal_tasks(pmq_queue *q) { return signal_ec(&q->h->tasks_seq, &q->h->tasks_sleep); }
+
+void pmq_wake_tasks(pmq_queue *q) { futex_wake_all(&q->h->tasks_seq); }
+
+uint32_t pmq_tasks_seen(const pmq_queue *q) {
+    return __atomic_load_n(&q->h->tasks_seq, __ATOMIC_RELAXED);
+}
+
+int pmq_wait_tasks(pmq_queue *q, uint32_t seen, const pmq_call *c) {
+    pmq_unlock(q);
+    return wait_ec(q, &q->h->tasks_seq, &q->h->tasks_sleep, seen, c);
 }

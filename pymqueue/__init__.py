@@ -36,6 +36,7 @@ from pymqueue.errors import (
     QueueExists,
     QueueNotFound,
     RpcError,
+    TaskDoneError,
     UntrustedSegment,
 )
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from pymqueue.instance import Instance
     from pymqueue.queue._engine import get_lock_timeout, set_default_spin, set_lock_timeout
     from pymqueue.queue.aio import AsyncQueue
+    from pymqueue.queue.mp import JoinableQueue, SimpleQueue
     from pymqueue.queue.sync import Queue, list_queues, unlink
     from pymqueue.queue.types import AddMode, Overflow, QueueStats
 
@@ -89,6 +91,8 @@ _LAZY = {
     "Overflow": "pymqueue.queue.types",
     "AddMode": "pymqueue.queue.types",
     "AsyncQueue": "pymqueue.queue.aio",
+    "JoinableQueue": "pymqueue.queue.mp",
+    "SimpleQueue": "pymqueue.queue.mp",
     "Instance": "pymqueue.instance",
     "set_lock_timeout": "pymqueue.queue._engine",
     "get_lock_timeout": "pymqueue.queue._engine",
@@ -110,6 +114,7 @@ __all__ = [
     "Instance",
     "InvalidSegment",
     "ItemTooLarge",
+    "JoinableQueue",
     "LockTimeout",
     "Overflow",
     "Queue",
@@ -119,6 +124,8 @@ __all__ = [
     "QueueNotFound",
     "QueueStats",
     "RpcError",
+    "SimpleQueue",
+    "TaskDoneError",
     "UntrustedSegment",
     "get_lock_timeout",
     "list_queues",

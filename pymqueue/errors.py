@@ -30,6 +30,7 @@ __all__ = [
     "QueueExists",
     "QueueNotFound",
     "RpcError",
+    "TaskDoneError",
     "UntrustedSegment",
 ]
 
@@ -85,6 +86,10 @@ class QueueClosed(QueueError, ValueError):
 class BellTableFull(QueueError, OSError):
     """``Queue.fileno()``: the queue's doorbell table is full (64 live registrants); poll
     another way (``AsyncQueue`` falls back to waiting in a worker thread)."""
+
+
+class TaskDoneError(QueueError, ValueError):
+    """``JoinableQueue.task_done()`` was called more times than items were put."""
 
 
 class ConfigError(Error, ValueError):

@@ -64,6 +64,7 @@ E_CLOSED: int = lib.PMQ_E_CLOSED
 E_INVAL: int = lib.PMQ_E_INVAL
 READY: int = lib.PMQ_READY
 BELLS: int = lib.PMQ_BELLS
+E_PENDING: int = lib.PMQ_E_PENDING
 DEFAULT_MODE = 0o600
 TRUST_MAX_OWNERS: int = lib.PMQ_TRUST_MAX_OWNERS
 DEFAULT_SPIN: float = lib.PMQ_DEFAULT_SPIN_NS / 1e9
@@ -160,6 +161,10 @@ _MESSAGES: dict[int, tuple[type[errors.QueueError], str]] = {
         "a holder that does not exist, or a failed recovery poisoned it){detail}",
     ),
     lib.PMQ_E_CLOSED: (errors.QueueClosed, "queue {name!r} is closed{detail}"),
+    lib.PMQ_E_NOTASK: (
+        errors.TaskDoneError,
+        "task_done() called more times than items were put in queue {name!r}{detail}",
+    ),
     lib.PMQ_E_UNTRUSTED: (
         errors.UntrustedSegment,
         "shared-memory object of queue {name!r} is owned by a user not trusted or carries "
@@ -422,6 +427,27 @@ class Handle:
     def note_rejected(self, n: int) -> None:
         """``pmq_note_rejected``: count ``n`` items a blocked add gave up on."""
         lib.pmq_note_rejected(self.ptr, n)
+
+    def task_done(self, n: int) -> None:
+        """``pmq_task_done``: mark ``n`` items done (:class:`TaskDoneError` if fewer are
+        unfinished; nothing changes then)."""
+        rc = lib.pmq_task_done(self.ptr, n)
+        if rc != OK:
+            raise_for(rc, self.name)
+
+    def join(self, ns: int) -> int:
+        """``pmq_join``: until no item is unfinished, up to ``ns``; ``E_PENDING`` if some
+        still are at the deadline."""
+        rc: int = lib.pmq_join(self.ptr, ns)
+        return rc
+
+    def unfinished(self) -> int:
+        """``pmq_unfinished``: items put and not yet done, dropped or replaced."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pmq_unfinished(self.ptr, out)
+        if rc != OK:
+            raise_for(rc, self.name)
+        return int(out[0])
 
     def bell_register(self, token: int) -> int:
         """``pmq_bell_register``: the slot of the doorbell bound to :func:`bell_name`

@@ -8,6 +8,7 @@ threads are never held up.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -16,8 +17,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
-from pymqueue.errors import ConfigError, Empty, Full, QueueClosed
+from pymqueue.errors import ConfigError, Empty, Full, QueueClosed, QueueExists
 from pymqueue.queue import _engine as E
+from pymqueue.queue import _private
 from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import Batch, Buf, Handle, Trust, wait_loop
 from pymqueue.queue.types import (
@@ -90,10 +92,16 @@ def _trust(
     return mode, owners, Trust(mode, owners)
 
 
-def _attach(
-    raw_name: bytes, namespace: str, serializer: Serializer, mode: int, owners: tuple[int, ...]
+def _attach(  # noqa: PLR0917 - positional: the arguments of Queue.__reduce__
+    raw_name: bytes,
+    namespace: str,
+    serializer: Serializer,
+    mode: int,
+    owners: tuple[int, ...],
+    cls: type[Queue] | None = None,
+    private: bool = False,
 ) -> Queue:
-    return Queue(
+    q = (cls or Queue)(
         raw_name,
         create=False,
         namespace=namespace,
@@ -101,10 +109,30 @@ def _attach(
         mode=mode,
         trusted_owners=owners,
     )
+    q._private = private
+    return q
+
+
+def _mp_settings(maxsize: int | None, size: int | None, policy: object) -> tuple[int, Overflow]:
+    """(size, policy) of multiprocessing's ``maxsize``: <= 0 unbounded, put blocks when full."""
+    if size is not None or policy is not None:
+        raise ConfigError(
+            "maxsize (multiprocessing's: put blocks when full) excludes size and policy"
+        )
+    if maxsize is not None and (not isinstance(maxsize, int) or isinstance(maxsize, bool)):
+        raise ConfigError(f"maxsize must be an int, not {maxsize!r}")
+    return max(maxsize or 0, 0), Overflow.BLOCK
 
 
 class Queue:
     """A named queue of ``(key, value)`` byte items in shared memory.
+
+    ``Queue()``, ``Queue(maxsize)`` or ``Queue(maxsize=N)`` without a name make a *private*
+    queue, the drop-in for ``multiprocessing.Queue``: a unique name, put blocking when
+    ``maxsize`` (> 0) items are queued, unlinked when the creating process closes it, drops
+    it or exits (never by a child; see :mod:`pymqueue.queue._private`), and pickled by name
+    so ``spawn`` children attach. ``maxsize`` with a name asks for the same settings
+    (``size=maxsize, policy="block"``) of a named queue.
 
     ``Queue(name)`` attaches to the queue if it exists and creates it otherwise;
     ``create=True`` insists on creating it (:class:`QueueExists` otherwise),
@@ -140,6 +168,8 @@ class Queue:
         "_mode",
         "_name",
         "_namespace",
+        "_owner",
+        "_private",
         "_raw_name",
         "_serializer",
         "_shm",
@@ -152,8 +182,9 @@ class Queue:
 
     def __init__(
         self,
-        name: str | bytes,
+        name: str | bytes | int | None = None,
         *,
+        maxsize: int | None = None,
         create: bool | None = None,
         size: int | None = None,
         capacity: int | None = None,
@@ -168,6 +199,21 @@ class Queue:
         self._engine: Handle | None = None
         self._handle: Any = None  # the engine's pointer, for the hot paths; None: closed
         self._bell: Bell | None = None  # fileno()'s doorbell, made on first use
+        self._owner: _private.Owner | None = None  # private queue, in its creating process
+        if isinstance(name, int) and not isinstance(name, bool):  # multiprocessing.Queue(10)
+            if maxsize is not None:
+                raise ConfigError("maxsize given twice (positionally and by keyword)")
+            name, maxsize = None, name
+        self._private = name is None
+        if self._private or maxsize is not None:
+            size, policy = _mp_settings(maxsize, size, policy)
+        if self._private:
+            if create is False:
+                raise ConfigError("a private queue (no name) cannot be attached: create=False")
+            create = True
+            name = _private.new_name()
+        if not isinstance(name, str | bytes):
+            raise ConfigError(f"a queue name is str or bytes, not {name!r}")
         self._raw_name = _raw(name)
         self._name = name_text(self._raw_name)
         self._namespace = _check_namespace(namespace)
@@ -183,22 +229,41 @@ class Queue:
         if size is not None and not isinstance(size, int):
             raise ConfigError(f"size of queue {self._name!r} must be an int, not {size!r}")
         self._mode, self._trusted, trust = _trust(mode, trusted_owners)
-        if create is False:
-            engine = Handle.open(self._shm, self._name, trust)
-            self._created = False
-        else:
-            engine, self._created = Handle.create(
-                self._shm,
-                self._raw_name,
-                self._name,
-                max_items=max(size or 0, 0),
-                capacity=capacity or DEFAULT_CAPACITY,
-                policy=int(want_policy or Overflow.DROP_OLDEST),
-                addmode=int(want_addmode or AddMode.APPEND),
-                exclusive=bool(create),
-                mode=self._mode,
-                trust=trust,
-            )
+        if self._private:
+            self._sweep_stale()
+        while True:
+            if create is False:
+                engine = Handle.open(self._shm, self._name, trust)
+                self._created = False
+                break
+            try:
+                engine, self._created = Handle.create(
+                    self._shm,
+                    self._raw_name,
+                    self._name,
+                    max_items=max(size or 0, 0),
+                    capacity=capacity or DEFAULT_CAPACITY,
+                    policy=int(want_policy or Overflow.DROP_OLDEST),
+                    addmode=int(want_addmode or AddMode.APPEND),
+                    exclusive=bool(create),
+                    mode=self._mode,
+                    trust=trust,
+                )
+                break
+            except QueueExists:
+                if not self._private:
+                    raise
+                self._raw_name = _raw(_private.new_name())  # 32 random bits collided
+                self._name = name_text(self._raw_name)
+                self._shm = E.shm_name(self._raw_name, self._namespace)
+        if self._private:
+            try:
+                # The finaliser must not hold a reference to self: unlink by name.
+                unlink_name = functools.partial(E.unlink, self._shm, self._name)
+                self._owner = _private.Owner(self, self._shm_path(), unlink_name)
+            except OSError:
+                self.unlink()
+                raise
         self._engine = engine
         self._handle = engine.ptr
         if spin is not None:
@@ -269,7 +334,9 @@ class Queue:
         return engine
 
     def close(self) -> None:
-        """Release this process's mapping (idempotent). The queue itself stays.
+        """Release this process's mapping (idempotent). The queue itself stays — except a
+        private queue closed by the process that created it, which also unlinks its name
+        (handles already attached elsewhere keep working).
 
         Calls of this handle waiting in other threads wake up and raise
         :class:`QueueClosed`; the mapping is freed once no call in flight holds it."""
@@ -282,6 +349,33 @@ class Queue:
             bell.close(engine)
         if engine is not None:
             engine.shutdown()
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner.release()
+
+    def join_thread(self) -> None:
+        """multiprocessing's: wait for the feeder thread. There is none (``put`` has stored
+        its item when it returns): does nothing."""
+
+    def cancel_join_thread(self) -> None:
+        """multiprocessing's: do not wait for the feeder thread at exit. There is none:
+        does nothing."""
+
+    @property
+    def maxsize(self) -> int:
+        """The most items the queue holds (``queue.Queue``'s name for ``max_items``);
+        0: no limit."""
+        return self.max_items
+
+    def _shm_path(self) -> str:
+        return os.path.join(E.SHM_DIR, self._shm.decode("ascii")[1:])
+
+    def _sweep_stale(self) -> None:
+        """Unlink the private queues of this namespace whose creator died (SIGKILL) and
+        whose forked children are all gone."""
+        prefix = f"{E.PREFIX}{self._namespace}." if self._namespace else E.PREFIX
+        _private.sweep_stale(E.SHM_DIR, prefix)
 
     def unlink(self) -> None:
         """Remove the queue from the host (idempotent); attached handles keep working
@@ -295,20 +389,30 @@ class Queue:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
+        # Private queues are multiprocessing's drop-in, which never asks for close().
+        if getattr(self, "_handle", None) is not None and not getattr(self, "_private", True):
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _attach,
-            (self._raw_name, self._namespace, self._serializer, self._mode, self._trusted),
+            (
+                self._raw_name,
+                self._namespace,
+                self._serializer,
+                self._mode,
+                self._trusted,
+                type(self),
+                self._private,
+            ),
         )
 
     def __repr__(self) -> str:
         where = f"0x{id(self):x}"
+        kind = f"pymqueue.{type(self).__name__}"
         engine = self._engine
         if engine is None:
-            return f"<pymqueue.Queue {self._name!r} closed at {where}>"
+            return f"<{kind} {self._name!r} closed at {where}>"
         n = engine.count_hint()  # never waits for the lock (a stopped holder, __del__)
         limit = f"/{self.max_items}" if self.max_items else ""
         extra = ""
@@ -318,7 +422,7 @@ class Queue:
             extra += f" addmode={int(self.addmode)}"
         if self._namespace:
             extra += f" namespace={self._namespace!r}"
-        return f"<pymqueue.Queue {self._name!r} items={n}{limit}{extra} at {where}>"
+        return f"<{kind} {self._name!r} items={n}{limit}{extra} at {where}>"
 
     # ---- Kamailio vocabulary ----------------------------------------------------------
 
@@ -522,6 +626,8 @@ class Queue:
 
         Raises :class:`Full` (also ``queue.Full``) when there is no room: at once with the
         reject policy or ``block=False``, after ``timeout`` with the block policy."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
         data = self._serializer.dumps(obj)
         if not self.add(b"", data, timeout=timeout if block else 0):
             raise AssertionError("put into an addmode 1 queue with an empty key was ignored")
@@ -532,6 +638,8 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove the oldest item and return its value deserialised; raise :class:`Empty`
         (also ``queue.Empty``) if none arrives within ``timeout`` (None: wait forever)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
         item = self.fetch(timeout=timeout if block else 0)
         if item is None:
             raise Empty(f"queue {self._name!r} is empty", self._name)

@@ -228,7 +228,7 @@ def test_another_users_queue_is_used_only_when_that_user_is_trusted() -> None:
             assert q.size() == 0
             # pickled by name, the trust travels with it (a spawn child attaches the same way)
             clone = q.__reduce__()
-            assert NOBODY in clone[1][-1]
+            assert NOBODY in clone[1][4]
         with pytest.raises(pymqueue.ConfigError, match="no such user"):
             pymqueue.Queue(name, create=False, trusted_owners=["no-such-user-pmq"])
     finally:
