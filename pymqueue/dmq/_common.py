@@ -21,13 +21,21 @@ NodeRef = NodeId | str
 
 @dataclass(slots=True)
 class BusStats:
-    """Counters of one bus (datagrams in/out, drops, handler failures)."""
+    """Counters of one bus (datagrams in/out, drops, handler failures, load)."""
 
     received: int = 0
     sent: int = 0
     dropped: int = 0
     handler_failures: int = 0
     send_errors: int = 0
+    overloaded: int = 0
+    """Requests answered ``503`` because ``max_deferred`` async handlers were running."""
+    batches: int = 0
+    """Socket wake-ups that read datagrams (``received / batches`` = mean batch)."""
+    max_batch: int = 0
+    """Most datagrams read in one wake-up."""
+    rcvbuf: int = 0
+    """Receive buffer the kernel granted the socket (bytes; 0 before start)."""
 
 
 def node_id(ref: NodeRef) -> NodeId:
