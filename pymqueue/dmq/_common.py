@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -42,7 +43,15 @@ def node_id(ref: NodeRef) -> NodeId:
     """``ref`` as a :class:`~pymqueue.dmq.NodeId`; :class:`DmqNodeNotFound` if unparsable."""
     if isinstance(ref, NodeId):
         return ref
+    if not isinstance(ref, str):
+        raise DmqNodeNotFound(f"bad node URI {ref!r}: not a str or NodeId")
+    return _parse_node(ref)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_node(ref: str) -> NodeId:
+    """Cached: a program names the same few nodes on every request (NodeId is immutable)."""
     try:
         return NodeId.parse(ref if ref.startswith("sip:") else "sip:" + ref)
-    except (DmqProtocolError, AttributeError) as exc:
+    except DmqProtocolError as exc:
         raise DmqNodeNotFound(f"bad node URI {ref!r}: {exc}") from None

@@ -361,7 +361,7 @@ class Bus:
         ]
         tids = self.core.broadcast(channel, data, content_type, protocol.now)
         futs = [self._waiter(t) for t in tids]
-        protocol.transmit()
+        protocol.transmit_soon()
         results = await asyncio.gather(*futs)
         return dict(zip(targets, results, strict=True))
 
@@ -381,7 +381,7 @@ class Bus:
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         tid = self.core.send(channel, node_id(node), data, content_type, protocol.now)
         fut = self._waiter(tid)
-        protocol.transmit()
+        protocol.transmit_soon()
         result = await fut
         if isinstance(result, DmqTimeout):
             raise result
@@ -535,7 +535,7 @@ class Bus:
             reply = PeerReply(500, "Server Internal Error")
         if self._protocol is not None and self._state != "closed":
             self.core.respond(rid, reply, self._protocol.now)
-            self._protocol.transmit()
+            self._protocol.transmit_soon()
 
     def __repr__(self) -> str:
         active = sum(1 for n in self.core.nodes if not n.local and n.status is NodeStatus.ACTIVE)

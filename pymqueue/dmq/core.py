@@ -30,6 +30,7 @@ every message without a valid signature — a bus of pymqueue nodes only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 from collections import OrderedDict, deque
@@ -682,7 +683,8 @@ class DmqCore:
         address is proof that it is alive (:meth:`NodeList.mark_seen`)."""
         sender = NodeId.from_uri(req.from_.uri)
         host, port = sender.address
-        if sender in self.nodes and sender.is_ip and (_norm_ip(host), port) == addr:
+        # the socket gives IP literals only, so equal addresses mean an IP literal host
+        if (_norm_ip(host), port) == addr and sender in self.nodes:
             self.nodes.mark_seen(sender)
         return sender
 
@@ -706,7 +708,9 @@ class DmqCore:
                 self._events.append(NodeDown(c.node, c.new))
 
 
+@functools.lru_cache(maxsize=1024)
 def _norm_ip(host: str) -> str:
+    """``host`` as the socket reports it (cached: a bus talks to few addresses)."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -716,6 +720,7 @@ def _norm_ip(host: str) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=1024)
 def _allowed(host: str, nets: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])

@@ -13,6 +13,8 @@ Under load (see ``docs/dmq.md``, "Under load"):
 * asyncio reads one datagram per wake-up; given that socket, :class:`DmqProtocol` drains it
   (up to :data:`MAX_BATCH` datagrams, non-blocking ``recvfrom``) and feeds them all to the
   core before it sends, dispatches and re-arms its timer once for the batch;
+* requests started by coroutines (:meth:`DmqProtocol.transmit_soon`) are sent together at the
+  end of the loop iteration, so many senders woken at once cost one transmit;
 * the timer is moved only when the core wants an earlier one; a timer that fires early
   finds nothing due and is re-armed (so finishing the head transaction costs no timer churn).
 """
@@ -89,6 +91,7 @@ class DmqProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._soon = False
         self.closed = asyncio.Event()
 
     # -- asyncio callbacks
@@ -154,6 +157,16 @@ class DmqProtocol(asyncio.DatagramProtocol):
         if self._on_idle is not None:
             self._on_idle()
         self._arm()
+
+    def transmit_soon(self) -> None:
+        """:meth:`transmit` once at the end of this loop iteration (coalesces callers)."""
+        if not self._soon:
+            self._soon = True
+            self._loop.call_soon(self._transmit_soon)
+
+    def _transmit_soon(self) -> None:
+        self._soon = False
+        self.transmit()
 
     def _arm(self) -> None:
         when = self.core.get_timer()

@@ -189,7 +189,7 @@ class ClientTransactions:
         self, now: float
     ) -> tuple[list[tuple[bytes, tuple[str, int]]], list[ClientTransaction]]:
         """Return ``(datagrams to retransmit, transactions that timed out)`` at ``now``."""
-        resend: list[tuple[bytes, tuple[str, int]]] = []
+        due: list[ClientTransaction] = []
         expired: list[ClientTransaction] = []
         while self._heap and self._heap[0][0] <= now:
             _, seq, txn = heapq.heappop(self._heap)
@@ -200,7 +200,7 @@ class ClientTransactions:
                 expired.append(txn)
                 continue
             if txn.next_send is not None and now >= txn.next_send:
-                resend.append((txn.datagram, txn.address))
+                due.append(txn)
                 txn.sends += 1
                 while txn.next_send is not None and txn.next_send <= now:
                     if not txn.provisional:
@@ -209,7 +209,10 @@ class ClientTransactions:
                     txn.next_send = nxt if nxt < txn.deadline else None
             self._schedule(txn)
         self._compact()
-        return resend, expired
+        # in start order (ids grow with starts), as the scan this replaced gave them
+        due.sort(key=lambda t: t.id)
+        expired.sort(key=lambda t: t.id)
+        return [(t.datagram, t.address) for t in due], expired
 
     def get_timer(self) -> float | None:
         heap = self._heap
