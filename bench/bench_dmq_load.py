@@ -203,8 +203,8 @@ def kams(kamailio: Any) -> Iterator[tuple[Any, Any, socket.socket]]:  # noqa: F8
     def cfg(notify: str | None) -> str:
         line = f'modparam("dmq", "notification_address", "{notify}")' if notify else ""
         script = KSCRIPT.replace("@NOTIFY@", line).replace("@DONE@", str(port))
-        return str(base_config(script, modules=["tm", "dmq"],
-                               globals_=["max_while_loops=100000", "maxbuffer=4194304"]))  # fmt: skip
+        extra = ["max_while_loops=100000", "maxbuffer=4194304"]
+        return str(base_config(script, modules=["tm", "dmq"], globals_=extra))
 
     shm = ["-m", "2048"]  # 32 MB (the fixture's) runs out: tm keeps each transaction 5 s
     k2 = kamailio.start(cfg(None), extra_args=shm)
