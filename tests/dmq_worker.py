@@ -8,7 +8,8 @@
 
 Output lines: ``{"ev": "ready"}``, ``{"ev": "up"|"down", "node": uri}``, ``{"ev": "recv",
 "channel", "body", "from"}`` and one answer per command. Commands (stdin): ``nodes``,
-``broadcast`` (channel, body), ``send`` (channel, node, body), ``wait_status`` (node,
+``broadcast`` (channel, body), ``send`` (channel, node, body), ``flood`` (channel, node, body,
+count: that many sends at once, answered with the count of each outcome), ``wait_status`` (node,
 statuses, timeout; a status ``null`` = absent), ``leave`` (then exit). EOF on stdin = leave.
 """
 
@@ -88,6 +89,17 @@ async def main(conf: dict[str, Any]) -> None:
             elif name == "send":
                 rep = await bus.send(cmd["channel"], cmd["node"], cmd["body"].encode())
                 out({"ev": "send", "code": rep.code, "body": rep.body.decode()})
+            elif name == "flood":
+
+                async def one(c: dict[str, Any] = cmd) -> str:
+                    try:
+                        r = await bus.send(c["channel"], c["node"], c["body"].encode())
+                    except DmqTimeout:
+                        return "timeout"
+                    return str(r.code)
+
+                codes = await asyncio.gather(*(one() for _ in range(cmd["count"])))
+                out({"ev": "flood", "codes": {c: codes.count(c) for c in set(codes)}})
             elif name == "wait_status":
                 want = [None if s is None else NodeStatus(s) for s in cmd["statuses"]]
                 st = await bus.wait_status(cmd["node"], want, cmd.get("timeout", 20.0))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -21,20 +22,36 @@ NodeRef = NodeId | str
 
 @dataclass(slots=True)
 class BusStats:
-    """Counters of one bus (datagrams in/out, drops, handler failures)."""
+    """Counters of one bus (datagrams in/out, drops, handler failures, load)."""
 
     received: int = 0
     sent: int = 0
     dropped: int = 0
     handler_failures: int = 0
     send_errors: int = 0
+    overloaded: int = 0
+    """Requests answered ``503`` because ``max_deferred`` async handlers were running."""
+    batches: int = 0
+    """Socket wake-ups that read datagrams (``received / batches`` = mean batch)."""
+    max_batch: int = 0
+    """Most datagrams read in one wake-up."""
+    rcvbuf: int = 0
+    """Receive buffer the kernel granted the socket (bytes; 0 before start)."""
 
 
 def node_id(ref: NodeRef) -> NodeId:
     """``ref`` as a :class:`~pymqueue.dmq.NodeId`; :class:`DmqNodeNotFound` if unparsable."""
     if isinstance(ref, NodeId):
         return ref
+    if not isinstance(ref, str):
+        raise DmqNodeNotFound(f"bad node URI {ref!r}: not a str or NodeId")
+    return _parse_node(ref)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_node(ref: str) -> NodeId:
+    """Cached: a program names the same few nodes on every request (NodeId is immutable)."""
     try:
         return NodeId.parse(ref if ref.startswith("sip:") else "sip:" + ref)
-    except (DmqProtocolError, AttributeError) as exc:
+    except DmqProtocolError as exc:
         raise DmqNodeNotFound(f"bad node URI {ref!r}: {exc}") from None

@@ -15,6 +15,12 @@ to) a :class:`~pymqueue.dmq.PeerReply`, a ``(code, reason[, body[, content_type]
 without a content type is sent as ``text/plain``. It runs once
 per request: retransmissions are answered from the core's reply cache.
 
+Bounded: an :class:`EventStream` queues at most ``maxsize`` events (oldest dropped, counted);
+at most ``max_deferred`` (a :class:`~pymqueue.dmq.DmqConfig` setting, default 4096) async
+handlers run at once — a request arriving beyond that is answered ``503 Service Unavailable``
+without running its handler (counted in :attr:`BusStats.overloaded`); the core bounds its
+reply cache and deferred requests (``docs/dmq.md``, "Under load").
+
 For code that is not async, :class:`~pymqueue.dmq.BusThread` (in :mod:`pymqueue.dmq.thread`)
 runs a :class:`Bus` in a background thread.
 """
@@ -43,7 +49,7 @@ from pymqueue.dmq.events import (
     TransactionTimedOut,
 )
 from pymqueue.dmq.nodes import NodeId, NodeStatus
-from pymqueue.dmq.protocol import DmqProtocol
+from pymqueue.dmq.protocol import DEFAULT_RCVBUF, DmqProtocol, open_socket
 from pymqueue.errors import ConfigError, DmqError, DmqTimeout
 
 __all__ = [
@@ -188,7 +194,9 @@ class Bus:
     ``notification_address``). ``bind`` overrides the address the socket binds to (default:
     the host and port of ``server_address``). Further keyword arguments go to
     :class:`~pymqueue.dmq.DmqConfig` (``t1``, ``t2``, ``max_nodes``, ``user_agent``,
-    ``via_rport``, …); or pass a ready ``config=``.
+    ``via_rport``, ``max_deferred``, ``reply_cache_size``, …); or pass a ready ``config=``.
+    ``rcvbuf`` is the socket receive buffer asked for (bytes; None = system default); what
+    the kernel granted is in :attr:`stats` (``rcvbuf``).
     """
 
     def __init__(
@@ -203,6 +211,7 @@ class Bus:
         secret: bytes | str | None = None,
         bind: tuple[str, int] | None = None,
         config: DmqConfig | None = None,
+        rcvbuf: int | None = DEFAULT_RCVBUF,
         **options: Any,
     ) -> None:
         if config is None:
@@ -232,6 +241,7 @@ class Bus:
         self.core = DmqCore(config)
         self.stats = BusStats()
         self._bind = bind
+        self._rcvbuf = rcvbuf
         self._handlers: dict[str, BusHandler] = {}
         self._protocol: DmqProtocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,13 +288,21 @@ class Bus:
         self._joined = asyncio.Event()
         local_addr = self._bind or self.config.local.address
         try:
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: DmqProtocol(self.core, self._dispatch, self.stats, self._notify_changed),
-                local_addr=local_addr,
-            )
+            sock, self.stats.rcvbuf = open_socket(local_addr, self._rcvbuf)
         except OSError as exc:
             self._state = "closed"
             raise DmqError(f"cannot bind {local_addr[0]}:{local_addr[1]}: {exc}") from exc
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: DmqProtocol(
+                    self.core, self._dispatch, self.stats, self._notify_changed, sock=sock
+                ),
+                sock=sock,
+            )
+        except BaseException:
+            sock.close()
+            self._state = "closed"
+            raise
         self._protocol = protocol
         _grow_receive_buffer(protocol)
         self._state = "running"
@@ -365,7 +383,7 @@ class Bus:
         ]
         tids = self.core.broadcast(channel, data, content_type, protocol.now)
         futs = [self._waiter(t) for t in tids]
-        protocol.transmit()
+        protocol.transmit_soon()
         results = await asyncio.gather(*futs)
         return dict(zip(targets, results, strict=True))
 
@@ -385,7 +403,7 @@ class Bus:
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         tid = self.core.send(channel, node_id(node), data, content_type, protocol.now)
         fut = self._waiter(tid)
-        protocol.transmit()
+        protocol.transmit_soon()
         result = await fut
         if isinstance(result, DmqTimeout):
             raise result
@@ -517,6 +535,11 @@ class Bus:
         def core_handler(req: IncomingRequest) -> PeerReply | None:
             value = handler(req)
             if inspect.isawaitable(value):
+                if len(self._tasks) >= self.config.max_deferred:
+                    if inspect.iscoroutine(value):
+                        value.close()  # never started: nothing of it ran
+                    self.stats.overloaded += 1
+                    return PeerReply(503, "Service Unavailable")
                 self._spawn(self._answer_later(channel, req.id, value))
                 return None  # the core keeps the request pending (retransmits get nothing)
             return to_reply(value)
@@ -534,7 +557,7 @@ class Bus:
             reply = PeerReply(500, "Server Internal Error")
         if self._protocol is not None and self._state != "closed":
             self.core.respond(rid, reply, self._protocol.now)
-            self._protocol.transmit()
+            self._protocol.transmit_soon()
 
     def __repr__(self) -> str:
         active = sum(1 for n in self.core.nodes if not n.local and n.status is NodeStatus.ACTIVE)

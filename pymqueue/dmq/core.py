@@ -30,9 +30,10 @@ every message without a valid signature — a bus of pymqueue nodes only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -127,7 +128,12 @@ class DmqConfig:
     t2: float = DEFAULT_T2
     reply_cache_ttl: float | None = None
     """How long replies are kept for retransmissions (default ``fr_timer + t2``)."""
-    reply_cache_size: int = 4096
+    reply_cache_size: int = 16384
+    """Most replies kept for retransmissions; the oldest go first (counted in
+    :attr:`DmqCore.reply_cache_evicted`)."""
+    max_deferred: int = 4096
+    """Most requests whose handler answers later (:meth:`DmqCore.respond`) at once; beyond,
+    the oldest is forgotten (counted in :attr:`DmqCore.deferred_dropped`)."""
     max_nodes: int = 1024
     """Cap on the node list; lines naming further new nodes are ignored."""
     allow_networks: tuple[str | Network, ...] | None = None
@@ -182,6 +188,8 @@ class DmqConfig:
             raise ConfigError("max_nodes must be >= 1")
         if self.reply_cache_size < 1:
             raise ConfigError("reply_cache_size must be >= 1")
+        if self.max_deferred < 1:
+            raise ConfigError("max_deferred must be >= 1")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret must be non-empty bytes")
         nets: tuple[Network, ...] | None = None
@@ -202,7 +210,15 @@ class _Deferred:
 
 
 class DmqCore:
-    """One DMQ node, sans-I/O. Not thread-safe: drive it from one thread (the event loop)."""
+    """One DMQ node, sans-I/O. Not thread-safe: drive it from one thread (the event loop).
+
+    No call scans the pending work: client transactions are timed by a heap
+    (:class:`~pymqueue.dmq.transaction.ClientTransactions`), the reply cache and the deferred
+    requests are kept in expiry order (each entry lives the same ``ttl``, ``now`` never goes
+    back), so :meth:`get_timer` is O(1) and :meth:`handle_timer` touches only what is due.
+    Memory is bounded by ``reply_cache_size`` and ``max_deferred`` (the oldest entry goes,
+    counted); our own pending requests are as many as the owner starts.
+    """
 
     def __init__(self, config: DmqConfig) -> None:
         self.config = config
@@ -220,7 +236,10 @@ class DmqCore:
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[DmqEvent] = deque()
         self._ids = itertools.count(1)
-        self._deferred: dict[int, _Deferred] = {}
+        # insertion order = deadline order (every deadline is now + ttl)
+        self._deferred: OrderedDict[int, _Deferred] = OrderedDict()
+        self.deferred_dropped = 0
+        """Deferred requests forgotten (unanswered) because ``max_deferred`` were waiting."""
         self._next_ping: float | None = None
         self._joined = False
         self._started = False
@@ -240,15 +259,31 @@ class DmqCore:
         """Requests of ours still waiting for a final reply (e.g. wait for 0 after leave)."""
         return len(self._txns)
 
+    @property
+    def deferred_requests(self) -> int:
+        """Requests handed to a handler that answers later, not answered yet."""
+        return len(self._deferred)
+
+    @property
+    def reply_cache_entries(self) -> int:
+        return len(self._cache)
+
+    @property
+    def reply_cache_evicted(self) -> int:
+        """Replies pushed out of the cache by ``reply_cache_size`` before their time."""
+        return self._cache.evicted
+
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` must be called next (None: nothing scheduled)."""
-        times = [
-            t
-            for t in (self._next_ping, self._txns.get_timer(), self._cache.get_timer())
-            if t is not None
-        ]
-        times += [d.deadline for d in self._deferred.values()]
-        return min(times) if times else None
+        """When :meth:`handle_timer` must be called next (None: nothing scheduled). O(1)."""
+        when = self._next_ping
+        for t in (self._txns.get_timer(), self._cache.get_timer()):
+            if t is not None and (when is None or t < when):
+                when = t
+        if self._deferred:
+            t = next(iter(self._deferred.values())).deadline
+            if when is None or t < when:
+                when = t
+        return when
 
     def handle_timer(self, now: float) -> None:
         """Run what is due at ``now``: pings, retransmissions, timeouts, cache expiry.
@@ -266,8 +301,9 @@ class DmqCore:
         for txn in expired:
             self._finish(txn, 408, "Request Timeout", None, now)
         self._cache.expire(now)
-        for rid in [r for r, d in self._deferred.items() if d.deadline <= now]:
-            del self._deferred[rid]
+        deferred = self._deferred
+        while deferred and next(iter(deferred.values())).deadline <= now:
+            deferred.popitem(last=False)
 
     # ------------------------------------------------------------------ membership
     def start(self, now: float) -> None:
@@ -581,6 +617,9 @@ class DmqCore:
         if reply is None:
             self._cache.put(key, PENDING, now)
             self._deferred[rid] = _Deferred(key, req, addr, now + self._cache.ttl)
+            if len(self._deferred) > self.config.max_deferred:
+                self._deferred.popitem(last=False)
+                self.deferred_dropped += 1
             return
         self._reply_with(req, key, addr, reply, now, channel=channel)
 
@@ -644,7 +683,8 @@ class DmqCore:
         address is proof that it is alive (:meth:`NodeList.mark_seen`)."""
         sender = NodeId.from_uri(req.from_.uri)
         host, port = sender.address
-        if sender in self.nodes and sender.is_ip and (_norm_ip(host), port) == addr:
+        # the socket gives IP literals only, so equal addresses mean an IP literal host
+        if (_norm_ip(host), port) == addr and sender in self.nodes:
             self.nodes.mark_seen(sender)
         return sender
 
@@ -668,7 +708,9 @@ class DmqCore:
                 self._events.append(NodeDown(c.node, c.new))
 
 
+@functools.lru_cache(maxsize=1024)
 def _norm_ip(host: str) -> str:
+    """``host`` as the socket reports it (cached: a bus talks to few addresses)."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -678,6 +720,7 @@ def _norm_ip(host: str) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=1024)
 def _allowed(host: str, nets: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])

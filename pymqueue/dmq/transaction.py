@@ -12,11 +12,21 @@ request is answered with the same bytes and not handed to the application again.
 
 Nothing here does I/O or reads a clock: every method takes ``now`` (seconds, any monotonic
 origin) and :meth:`get_timer` says when the owner must call ``handle_timer``/``expire`` next.
+
+Cost: nothing here scans the pending set. Client transactions sit in a dict by branch (reply
+matching) and in a binary heap by their next due time (next copy or ``fr_timer``), so starting
+one, matching a reply and :meth:`~ClientTransactions.get_timer` are O(1) or O(log n), and
+:meth:`~ClientTransactions.handle_timer` touches only what is due. A finished transaction
+leaves a stale heap entry behind (lazy deletion); when stale entries outnumber live ones the
+heap is rebuilt, so its size stays below ``2 * pending + 64``. The reply cache is kept in
+expiry order (every entry lives ``ttl``), so expiry pops from its front.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,16 +75,44 @@ class ClientTransaction:
     status_at_send: NodeStatus | None = None
     sends: int = 1
     provisional: bool = field(default=False)
+    timer_seq: int = field(default=-1, repr=False)
+    """Sequence number of this transaction's live heap entry (-1: none, finished)."""
 
 
 class ClientTransactions:
-    """The set of our pending client transactions, keyed by branch."""
+    """The set of our pending client transactions, keyed by branch, timed by a heap."""
 
     def __init__(
         self, t1: float = DEFAULT_T1, t2: float = DEFAULT_T2, fr_timer: float = DEFAULT_FR_TIMER
     ) -> None:
         self.t1, self.t2, self.fr_timer = t1, t2, fr_timer
         self._by_branch: dict[str, ClientTransaction] = {}
+        # (due time, sequence, transaction); an entry is live iff its sequence is the
+        # transaction's timer_seq (lazy deletion, see the module docstring)
+        self._heap: list[tuple[float, int, ClientTransaction]] = []
+        self._seq = itertools.count()
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the timer heap, live and stale (at most ``2 * len(self) + 64``)."""
+        return len(self._heap)
+
+    def _schedule(self, txn: ClientTransaction) -> None:
+        nxt = txn.next_send
+        when = txn.deadline if nxt is None or nxt > txn.deadline else nxt
+        seq = next(self._seq)
+        txn.timer_seq = seq
+        heapq.heappush(self._heap, (when, seq, txn))
+
+    def _remove(self, txn: ClientTransaction) -> None:
+        if self._by_branch.get(txn.branch) is txn:
+            del self._by_branch[txn.branch]
+        txn.timer_seq = -1
+
+    def _compact(self) -> None:
+        if len(self._heap) > 2 * len(self._by_branch) + 64:
+            self._heap = [e for e in self._heap if e[2].timer_seq == e[1]]
+            heapq.heapify(self._heap)
 
     def __len__(self) -> int:
         return len(self._by_branch)
@@ -112,7 +150,12 @@ class ClientTransactions:
             interval=self.t1,
             status_at_send=status_at_send,
         )
+        old = self._by_branch.get(branch)
+        if old is not None:  # a branch reused (never by us: 128-bit random): forget the old
+            old.timer_seq = -1
         self._by_branch[branch] = txn
+        self._schedule(txn)
+        self._compact()
         return txn
 
     def match(self, response: DmqResponse) -> ClientTransaction | None:
@@ -136,35 +179,46 @@ class ClientTransactions:
                 txn.interval = self.t2
                 nxt = now + self.t2
                 txn.next_send = nxt if nxt < txn.deadline else None
+                self._schedule(txn)  # the old entry becomes stale
             return None
-        del self._by_branch[txn.branch]
+        self._remove(txn)
+        self._compact()
         return txn
 
     def handle_timer(
         self, now: float
     ) -> tuple[list[tuple[bytes, tuple[str, int]]], list[ClientTransaction]]:
         """Return ``(datagrams to retransmit, transactions that timed out)`` at ``now``."""
-        resend: list[tuple[bytes, tuple[str, int]]] = []
+        due: list[ClientTransaction] = []
         expired: list[ClientTransaction] = []
-        for txn in list(self._by_branch.values()):
+        while self._heap and self._heap[0][0] <= now:
+            _, seq, txn = heapq.heappop(self._heap)
+            if txn.timer_seq != seq:
+                continue  # stale: finished, or rescheduled since
             if now >= txn.deadline:
-                del self._by_branch[txn.branch]
+                self._remove(txn)
                 expired.append(txn)
                 continue
             if txn.next_send is not None and now >= txn.next_send:
-                resend.append((txn.datagram, txn.address))
+                due.append(txn)
                 txn.sends += 1
                 while txn.next_send is not None and txn.next_send <= now:
                     if not txn.provisional:
                         txn.interval = min(txn.interval * 2, self.t2)
                     nxt = txn.next_send + txn.interval
                     txn.next_send = nxt if nxt < txn.deadline else None
-        return resend, expired
+            self._schedule(txn)
+        self._compact()
+        # in start order (ids grow with starts), as the scan this replaced gave them
+        due.sort(key=lambda t: t.id)
+        expired.sort(key=lambda t: t.id)
+        return [(t.datagram, t.address) for t in due], expired
 
     def get_timer(self) -> float | None:
-        times = [t.deadline for t in self._by_branch.values()]
-        times += [t.next_send for t in self._by_branch.values() if t.next_send is not None]
-        return min(times) if times else None
+        heap = self._heap
+        while heap and heap[0][2].timer_seq != heap[0][1]:
+            heapq.heappop(heap)  # drop stale entries from the top
+        return heap[0][0] if heap else None
 
 
 class _Pending:
@@ -182,6 +236,9 @@ class ReplyCache:
     def __init__(self, ttl: float, max_entries: int = 4096) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.evicted = 0
+        """Entries pushed out by ``max_entries`` before their ``ttl`` (a retransmission of
+        such a request is handed to the application again)."""
         self._entries: OrderedDict[CacheKey, tuple[float, bytes | _Pending]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -214,7 +271,9 @@ class ReplyCache:
         self._entries.pop(key, None)
         self._entries[key] = (now + self.ttl, reply)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            _, (deadline, _) = self._entries.popitem(last=False)
+            if deadline > now:
+                self.evicted += 1
 
     def expire(self, now: float) -> None:
         while self._entries:
