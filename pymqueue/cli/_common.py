@@ -130,6 +130,16 @@ def check_name(args: argparse.Namespace, bad_code: int, unknown_code: int) -> by
 # -- RPC client ---------------------------------------------------------------------------
 
 
+def add_rpc_target_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a command that asks a running instance over its RPC: where it is
+    (``-c FILE``, ``--http``, ``--unix``), ``--json`` output and the ``--timeout``."""
+    p.add_argument("-c", "--config", metavar="FILE", help="config of the running instance")
+    p.add_argument("--http", metavar="HOST:PORT", help="RPC over HTTP at HOST:PORT")
+    p.add_argument("--unix", metavar="PATH", help="RPC over this unix datagram socket")
+    p.add_argument("--json", action="store_true", help="print JSON instead of kamcmd text")
+    p.add_argument("--timeout", type=float, default=RPC_TIMEOUT, help="seconds (default 10)")
+
+
 def _endpoint(args: argparse.Namespace) -> tuple[str, Any]:
     if args.http:
         host, _, port = str(args.http).rpartition(":")

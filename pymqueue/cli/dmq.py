@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from pymqueue.cli._common import (
-    RPC_TIMEOUT,
+    add_rpc_target_arguments,
     emit_json,
     emit_struct,
     emit_text,
@@ -25,19 +25,12 @@ def register(subparsers: Any) -> None:
     dmq = subparsers.add_parser("dmq", help="DMQ bus of a running instance (over its RPC)")
     sub = dmq.add_subparsers(dest="dmq_command", metavar="ACTION", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", metavar="FILE", help="config of the running instance")
-        p.add_argument("--http", metavar="HOST:PORT", help="RPC over HTTP at HOST:PORT")
-        p.add_argument("--unix", metavar="PATH", help="RPC over this unix datagram socket")
-        p.add_argument("--json", action="store_true", help="print JSON instead of kamcmd text")
-        p.add_argument("--timeout", type=float, default=RPC_TIMEOUT, help="seconds (default 10)")
-
     p = sub.add_parser("list", help="the node list (dmq.list_nodes)")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("remove", help="forget a node (dmq.remove sip:HOST:PORT)")
     p.add_argument("uri")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=cmd_remove)
 
 

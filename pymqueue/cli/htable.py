@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from pymqueue.cli._common import (
-    RPC_TIMEOUT,
+    add_rpc_target_arguments,
     emit_json,
     emit_struct,
     emit_text,
@@ -25,17 +25,10 @@ def register(subparsers: Any) -> None:
     ht = subparsers.add_parser("htable", help="replicated htables of a running instance")
     sub = ht.add_subparsers(dest="htable_command", metavar="ACTION", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", metavar="FILE", help="config of the running instance")
-        p.add_argument("--http", metavar="HOST:PORT", help="RPC over HTTP at HOST:PORT")
-        p.add_argument("--unix", metavar="PATH", help="RPC over this unix datagram socket")
-        p.add_argument("--json", action="store_true", help="print JSON instead of kamcmd text")
-        p.add_argument("--timeout", type=float, default=RPC_TIMEOUT, help="seconds (default 10)")
-
     p = sub.add_parser("get", help="one cell (htable.get TABLE KEY)")
     p.add_argument("table")
     p.add_argument("key")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=lambda a: _run(a, "htable.get", [a.table, a.key]))
 
     p = sub.add_parser("set", help="set a cell (htable.sets, or htable.seti with --int)")
@@ -43,29 +36,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("key")
     p.add_argument("value")
     p.add_argument("--int", action="store_true", help="store an integer (type 0)")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("setex", help="expire a cell SECONDS from now (htable.setex)")
     p.add_argument("table")
     p.add_argument("key")
     p.add_argument("seconds", type=int)
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=lambda a: _run(a, "htable.setex", [a.table, a.key, a.seconds]))
 
     p = sub.add_parser("delete", help="delete a cell (htable.delete TABLE KEY)")
     p.add_argument("table")
     p.add_argument("key")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=lambda a: _run(a, "htable.delete", [a.table, a.key]))
 
     p = sub.add_parser("dump", help="every cell of a table (htable.dump TABLE)")
     p.add_argument("table")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("list", help="the tables (htable.listTables)")
-    common(p)
+    add_rpc_target_arguments(p)
     p.set_defaults(func=lambda a: _run(a, "htable.listTables", []))
 
 
