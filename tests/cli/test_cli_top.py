@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fix_postgres import missing
 from queue_helpers import fresh_queue
 
 import pymqueue
@@ -76,9 +77,7 @@ def test_non_tty_snapshot_shows_queue_and_rates(moving: pymqueue.Queue, namespac
 def tmux(tmp_path: Path) -> Iterator[list[str]]:
     """A private tmux server (its own socket); killed at the end."""
     if shutil.which("tmux") is None:
-        if os.environ.get("CI"):
-            pytest.fail("tmux is not installed (scripts/install-test-deps.sh installs it)")
-        pytest.skip("tmux is not installed")
+        missing("tmux is not installed (scripts/install-test-deps.sh installs it)")
     base = ["tmux", "-S", str(tmp_path / "tmux.sock")]
     yield base
     subprocess.run([*base, "kill-server"], capture_output=True, timeout=30, check=False)

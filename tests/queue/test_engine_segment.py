@@ -38,6 +38,7 @@ from engine_helpers import (
     set_lock_timeout,
     shm_path,
 )
+from fix_postgres import missing
 from pymqueue._pmq_c import ffi, lib
 from queue_helpers import fresh_queue, unique_name
 
@@ -164,7 +165,7 @@ def test_a_segment_planted_by_another_uid_is_refused_and_nothing_unpickled(
     name: str, how: str
 ) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to plant as another uid")
+        missing("root, to plant a segment as another uid")
     if how == "api":
         run_as_nobody(_plant_with_api, name)
     else:
