@@ -44,6 +44,7 @@ MULTI = [
     "faster_fifo",
     "faster_fifo_many",
     "posix_ipc",
+    "cloudtoid",
     "redis",
 ]
 
@@ -93,7 +94,7 @@ def make_impl(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 def _child(impl: Impl, role: str, n: int, *, ready: Any, go: Any, done: Any) -> None:
     try:
-        impl.child_init()
+        impl.child_init(role)
         ready.send(True)
         ready.close()
         go.wait()
@@ -186,7 +187,7 @@ def _n(impl: Impl, n: int) -> int:
 @pytest.mark.parametrize(
     "key",
     ["pymqueue", "floor", "floor_bytes", "mp_queue", "mp_simplequeue", "faster_fifo",
-     "posix_ipc", "redis"],
+     "posix_ipc", "cloudtoid", "redis"],
 )
 def test_w1_add_then_fetch(benchmark: Any, make_impl: Any, key: str) -> None:
     impl = make_impl(key, 64)
@@ -217,7 +218,7 @@ def test_w3_four_to_one(benchmark: Any, make_impl: Any, key: str) -> None:
 # ---- W4 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["pymqueue", "floor", "faster_fifo", "redis"])
+@pytest.mark.parametrize("key", ["pymqueue", "floor", "faster_fifo", "cloudtoid", "redis"])
 def test_w4_batch(benchmark: Any, make_impl: Any, key: str) -> None:
     impl = make_impl(key, 64)
     label = _label(impl)

@@ -8,7 +8,7 @@ such as ``multiprocessing.Queue`` and faster-fifo's ring are inherited) and offe
 * ``pairs(n)``: in one process, ``n`` times add one item then fetch it (W1);
 * ``batch()``: add ``BATCH`` items in one call, then fetch them in as few calls as it takes
   (W4; only implementations with a batch API);
-* ``child_init()`` (after fork: e.g. open a socket) and ``close()`` (in the parent: close
+* ``child_init(role)`` (after fork: e.g. open a socket) and ``close()`` (in the parent: close
   and unlink whatever was created).
 
 Peers carry the item as ONE message ``key + value`` (16 + value bytes) and do not split it
@@ -76,8 +76,8 @@ class Impl:
         self.options = options
         self.label: str | None = None
 
-    def child_init(self) -> None:
-        pass
+    def child_init(self, role: str) -> None:
+        """After fork, before the child reports ready; ``role``: producer or consumer."""
 
     def producer(self, n: int) -> None:
         raise NotImplementedError
@@ -380,9 +380,9 @@ class RedisList(Impl):
         self.sock = socket_path
         self.key = unique("bench")
         self.r: Any = None
-        self.child_init()
+        self.child_init("")
 
-    def child_init(self) -> None:
+    def child_init(self, role: str) -> None:
         self.r = redis.Redis(unix_socket_path=self.sock)
 
     def producer(self, n: int) -> None:
@@ -414,6 +414,80 @@ class RedisList(Impl):
         self.r.close()
 
 
+class Cloudtoid(Impl):
+    """cloudtoid-interprocess 3.0.2: a named byte ring in /dev/shm (16 MiB, like our default
+    ring), with the adapter a user writes: it has no blocking send, so producers retry
+    ``try_send`` with ``os.sched_yield()``; no batch receive, so the consumer takes one
+    message per ``receive(None)`` (blocks for ever). W1: ``try_send`` + ``try_receive``; W4:
+    ``try_send_batch`` (its best batch form, retried until all are in), then single
+    ``try_receive`` calls. Endpoints are opened after fork (each child its own), in the
+    parent only for W1/W4."""
+
+    name = "cloudtoid-interprocess"
+    has_batch = True
+    PATH = "/dev/shm"
+
+    def __init__(self, value_size: int, **options: Any) -> None:
+        super().__init__(value_size, **options)
+        self.qname = unique("pmqbench")
+        self.ends: list[Any] = []
+        self.pub: Any = None
+        self.sub: Any = None
+
+    def _open(self, pub: bool, sub: bool) -> None:
+        ci = cloudtoid_interprocess
+        if sub and self.sub is None:
+            self.sub = ci.Subscriber(self.qname, DEFAULT_CAPACITY, path=self.PATH)
+            self.ends.append(self.sub)
+        if pub and self.pub is None:
+            self.pub = ci.Publisher(self.qname, DEFAULT_CAPACITY, path=self.PATH)
+            self.ends.append(self.pub)
+
+    def child_init(self, role: str) -> None:
+        self.ends = []
+        self.pub = self.sub = None
+        self._open(role == "producer", role == "consumer")
+
+    def producer(self, n: int) -> None:
+        send, m, yield_ = self.pub.try_send, self.msg, os.sched_yield
+        for _ in range(n):
+            while not send(m):
+                yield_()
+        self.close()
+
+    def consumer(self, n: int) -> None:
+        receive = self.sub.receive
+        for _ in range(n):
+            receive(None)
+        self.close()
+
+    def pairs(self, n: int) -> None:
+        self._open(True, True)
+        send, receive, m = self.pub.try_send, self.sub.try_receive, self.msg
+        for _ in range(n):
+            send(m)
+            receive()
+
+    def batch(self) -> None:
+        self._open(True, True)
+        items = self.options.get("items")
+        if items is None:
+            items = self.options["items"] = [self.msg] * BATCH
+        sent = self.pub.try_send_batch(items)
+        while sent < BATCH:
+            sent += self.pub.try_send_batch(items[sent:])
+        receive = self.sub.try_receive
+        for _ in range(BATCH):
+            if receive() is None:
+                raise RuntimeError("cloudtoid lost an item")
+
+    def close(self) -> None:
+        for end in self.ends:
+            end.close()
+        self.ends = []
+        self.pub = self.sub = None
+
+
 IMPLS: dict[str, type[Impl]] = {
     "pymqueue": PyMQueue,
     "floor": Floor,
@@ -424,6 +498,7 @@ IMPLS: dict[str, type[Impl]] = {
     "faster_fifo_many": FasterFifoMany,
     "posix_ipc": PosixMQ,
     "redis": RedisList,
+    "cloudtoid": Cloudtoid,
 }
 
 

@@ -129,6 +129,11 @@ int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t 
  * the key then the value are copied to buf (only on PMQ_OK). */
 int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t timeout_ns);
 
+/* The facade's fast path: pmq_fetch with timeout 0 and the lengths in the return value,
+ * (klen << 32) | vlen when >= 0 (so one cffi call carries 3 arguments and no out-array),
+ * else a negative PMQ_E_* code (PMQ_E_BUFSMALL: call pmq_fetch to learn the lengths). */
+int64_t pmq_try_fetch(pmq_queue *q, uint8_t *buf, size_t cap);
+
 /* Batch add: lens holds 2*n lengths (key, value, key, value …) and data the bytes in that
  * order. *done counts the items handled (stored or ignored as duplicate); on an error the
  * first *done items were handled and the rest were not. */

@@ -73,10 +73,11 @@ typedef struct pmq_header {
     _Alignas(64) uint32_t tasks_seq; /* bumped when the unfinished count falls to 0 */
     uint32_t tasks_sleep;            /* 1: someone may sleep on tasks_seq */
 
-    /* eventcounts, on their own cache line: waiters spin reading them */
+    /* eventcounts, each on its own cache line: waiters spin reading them, and producers
+     * (items) and consumers (room) bump them, so they do not share a line */
     _Alignas(64) uint32_t items_seq; /* bumped after every publish that adds items */
-    uint32_t room_seq;               /* bumped after every publish that changes room */
     uint32_t items_sleep;            /* 1: someone may sleep on items_seq */
+    _Alignas(64) uint32_t room_seq;  /* bumped after every publish that changes room */
     uint32_t room_sleep;             /* 1: someone may sleep on room_seq */
     uint64_t room_need;              /* smallest record a sleeping putter needs (a hint) */
 

@@ -463,6 +463,13 @@ int pmq_fetch(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, int64_t ti
     return pmq_fetch_many(q, buf, cap, lens, 1, &got, timeout_ns);
 }
 
+int64_t pmq_try_fetch(pmq_queue *q, uint8_t *buf, size_t cap) {
+    uint32_t lens[2];
+    size_t got;
+    int rc = pmq_fetch_many(q, buf, cap, lens, 1, &got, 0);
+    return rc == PMQ_OK ? (int64_t)lens[0] << 32 | lens[1] : rc;
+}
+
 /* ---- reading without removing -------------------------------------------------------- */
 
 /* Copies up to max_n live items, oldest first, starting at the cursor: the first item whose

@@ -20,6 +20,7 @@ import errno as _errno
 import hashlib
 import os
 import re
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -37,6 +38,7 @@ __all__ = [
     "get_lock_timeout",
     "pmq_add",
     "pmq_fetch",
+    "pmq_try_fetch",
     "raise_for",
     "set_default_spin",
     "set_lock_timeout",
@@ -78,9 +80,12 @@ SLICE_NS = int(WAIT_SLICE * _NS)
 BUF_SIZE = 64 * 1024
 
 #: The hot-path calls, bound once: ``pmq_add(ptr, k, klen, v, vlen, ns)``,
-#: ``pmq_fetch(ptr, buf, size, lens, ns)``.
+#: ``pmq_fetch(ptr, buf, size, lens, ns)``, ``pmq_try_fetch(ptr, buf, size)`` (timeout 0;
+#: ``klen << 32 | vlen`` when >= 0: each argument of a cffi call costs a conversion).
 pmq_add: Callable[..., int] = lib.pmq_add
 pmq_fetch: Callable[..., int] = lib.pmq_fetch
+pmq_try_fetch: Callable[..., int] = lib.pmq_try_fetch
+LEN_MASK = 0xFFFFFFFF
 
 _STATS_FIELDS = (
     "items",
@@ -254,10 +259,11 @@ class Batch:
     """The out-parameters of a batch call (fetch_many, peek_many): item lengths, count,
     and (``cursor=True``) the position peek_many resumes from."""
 
-    __slots__ = ("cursor_id", "cursor_pos", "got", "lens")
+    __slots__ = ("clens", "cursor_id", "cursor_pos", "got", "lens")
 
     def __init__(self, max_items: int, *, cursor: bool = False) -> None:
-        self.lens = ffi.new("uint32_t[]", 2 * max_items)
+        self.lens = array("I", bytes(8 * max_items))  # C writes it through clens
+        self.clens = ffi.from_buffer("uint32_t[]", self.lens)
         self.got = ffi.new("size_t *")
         self.cursor_pos = ffi.new("uint64_t *") if cursor else None
         self.cursor_id = ffi.new("uint64_t *") if cursor else None
@@ -271,16 +277,28 @@ class Batch:
         return int(self.lens[0] + self.lens[1])
 
     def unpack(self, buf: Buf, out: list[tuple[bytes, bytes]]) -> None:
-        """Append the items the last call left in ``buf`` (key, value, key, value …)."""
-        count = self.got[0]
-        flat = ffi.unpack(self.lens, 2 * count)
-        view = buf.view
-        pos = 0
-        for i in range(0, 2 * count, 2):
-            k = flat[i]
-            v = flat[i + 1]
-            out.append((view[pos : pos + k], view[pos + k : pos + k + v]))
-            pos += k + v
+        """Append the items the last call left in ``buf`` (key, value, key, value …).
+
+        No Python loop: a ``struct`` format of the lengths (``"16s64s16s64s…"``) cuts every
+        key and value out of the buffer in one C call, and ``zip`` pairs them."""
+        parts = iter(_layout(self.lens[: 2 * self.got[0]]).unpack_from(buf.view))
+        out.extend(zip(parts, parts, strict=True))
+
+
+_LAYOUTS: dict[bytes, struct.Struct] = {}
+_LAYOUTS_MAX = 64
+
+
+def _layout(lens: array[int]) -> struct.Struct:
+    """The ``struct`` that cuts a batch with these lengths; batches of the same shape (the
+    usual case: same-sized keys and values) reuse it."""
+    shape = lens.tobytes()
+    layout = _LAYOUTS.get(shape)
+    if layout is None:
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[shape] = struct.Struct("s".join(map(str, lens)) + "s" if lens else "")
+    return layout
 
 
 # ---- the handle -------------------------------------------------------------------------
@@ -389,7 +407,9 @@ class Handle:
 
     def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:
         """``pmq_fetch_many``: up to ``want`` items into ``buf``/``batch``."""
-        rc: int = lib.pmq_fetch_many(self.ptr, buf.cdata, buf.size, batch.lens, want, batch.got, ns)
+        rc: int = lib.pmq_fetch_many(
+            self.ptr, buf.cdata, buf.size, batch.clens, want, batch.got, ns
+        )
         return rc
 
     def peek_many(self, buf: Buf, batch: Batch, want: int) -> int:
@@ -398,7 +418,7 @@ class Handle:
             self.ptr,
             buf.cdata,
             buf.size,
-            batch.lens,
+            batch.clens,
             want,
             batch.cursor_pos,
             batch.cursor_id,

@@ -14,6 +14,7 @@ import threading
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from typing import Any, NoReturn
 
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
@@ -36,6 +37,8 @@ __all__ = ["Queue", "list_queues", "unlink"]
 # Bound once: attribute lookups on every call cost as much as the C call itself.
 _pmq_add = E.pmq_add
 _pmq_fetch = E.pmq_fetch
+_pmq_try_fetch = E.pmq_try_fetch
+_LEN_MASK = E.LEN_MASK
 _OK = E.OK
 _DUPLICATE = E.DUPLICATE
 _E_EMPTY = E.E_EMPTY
@@ -122,6 +125,30 @@ def _mp_settings(maxsize: int | None, size: int | None, policy: object) -> tuple
     if maxsize is not None and (not isinstance(maxsize, int) or isinstance(maxsize, bool)):
         raise ConfigError(f"maxsize must be an int, not {maxsize!r}")
     return max(maxsize or 0, 0), Overflow.BLOCK
+
+
+_PAIR = frozenset((2,))
+
+
+def _flatten(items: Iterable[tuple[Key, Key]]) -> tuple[list[bytes], array[int], bytes]:
+    """(keys and values in order, their lengths, their bytes joined) of ``items``, with
+    C-level loops when the items are pairs of bytes (the usual case); otherwise one item at
+    a time, converting str."""
+    pairs = items if type(items) is list else list(items)
+    try:
+        if set(map(len, pairs)) <= _PAIR:
+            parts: list[Any] = list(chain.from_iterable(pairs))
+            lens = array("I", list(map(len, parts)))
+            data = b"".join(parts)  # TypeError for str
+            if sum(lens) == len(data):  # a memoryview of wide items would not add up
+                return parts, lens, data
+    except TypeError:  # str, or an item without len(): converted or refused below
+        pass
+    parts = []
+    for key, value in pairs:
+        parts.append(to_bytes(key))
+        parts.append(to_bytes(value))
+    return parts, array("I", list(map(len, parts))), b"".join(parts)
 
 
 class Queue:
@@ -436,11 +463,21 @@ class Queue:
         handle = self._handle
         if handle is None:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
-        k = key if type(key) is bytes else to_bytes(key)
-        v = value if type(value) is bytes else to_bytes(value)
-        rc: int = _pmq_add(handle, k, len(k), v, len(v), 0)
+        try:  # bytes go to C as they are; cffi refuses anything else (TypeError)
+            rc: int = _pmq_add(handle, key, len(key), value, len(value), 0)
+        except TypeError:
+            key = to_bytes(key)
+            value = to_bytes(value)
+            rc = _pmq_add(handle, key, len(key), value, len(value), 0)
         if rc == _OK:
             return True
+        return self._add_slow(handle, key, value, rc, timeout)
+
+    def _add_slow(self, handle: Any, key: Key, value: Key, rc: int, timeout: float | None) -> bool:
+        """add() after a first try that did not store the item (out of line: the closure
+        below would make every add allocate cells for handle, k and v)."""
+        k = to_bytes(key)
+        v = to_bytes(value)
         waits = rc == _E_FULL and self._block and timeout != 0
         if waits or rc == _E_LOCKTIMEOUT:
             rc = wait_loop(
@@ -474,20 +511,22 @@ class Queue:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
         bufs = self._bufs
         buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
-        rc: int = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
-        if rc == _OK:
-            k, v = buf.lens
+        lens: int = _pmq_try_fetch(handle, buf.cdata, buf.size)
+        if lens >= 0:
             view = buf.view
-            item = (view[0:k], view[k : k + v])
+            k = lens >> 32
+            item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
             bufs.append(buf)
             return item
-        return self._fetch_slow(handle, buf, rc, timeout)
+        return self._fetch_slow(handle, buf, lens, timeout)
 
     def _fetch_slow(
         self, handle: Any, buf: Buf, rc: int, timeout: float | None
     ) -> tuple[bytes, bytes] | None:
         """fetch() after a first try that found nothing, or an item too big for the buffer."""
         try:
+            if rc == _E_BUFSMALL:  # the first try did not say how big: ask with the lengths
+                rc = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
             while True:
                 if (rc == _E_EMPTY and timeout != 0) or rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
@@ -520,19 +559,10 @@ class Queue:
         (stored, or ignored as duplicates by addmode 1). With the reject policy it stops at
         the first that does not fit and raises :class:`Full` (``.done`` tells how many were
         handled before). An item that can never fit refuses the whole batch."""
-        lens = array("I")
-        parts: list[bytes] = []
-        for key, value in items:
-            k = to_bytes(key)
-            v = to_bytes(value)
-            lens.append(len(k))
-            lens.append(len(v))
-            parts.append(k)
-            parts.append(v)
+        parts, lens, data = _flatten(items)
         n = len(parts) // 2
         if n == 0:
             return 0
-        data = b"".join(parts)
         engine = self._h()
         rc, total = engine.add_many(lens, data, n, 0)
         if (rc == _E_FULL and self._block and timeout != 0) or rc == _E_LOCKTIMEOUT:
