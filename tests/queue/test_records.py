@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from engine_helpers import OFF_EPOCH, mapped, read_u64
 from queue_helpers import fresh_queue, run_in, unique_name
 
 import pymqueue
@@ -218,3 +219,12 @@ def test_a_forwarder_loop_moves_every_item_once_in_order_while_producers_run(
             seqs = [int(r.value) for r in forwarded if r.key == b"%d" % tag]
             assert seqs == list(range(n)), f"producer {tag}: lost, duplicated or reordered"
         assert len(q) == 0
+
+
+def test_the_epoch_is_read_once_at_attach() -> None:
+    with fresh_queue() as q:
+        first = q.epoch
+        with mapped(q) as m:
+            assert read_u64(m, OFF_EPOCH) == first  # the offset is the layout's
+            m[OFF_EPOCH : OFF_EPOCH + 8] = (first ^ 1).to_bytes(8, "little")
+        assert q.epoch == first  # this handle keeps its private copy
