@@ -122,6 +122,9 @@ int pmq_unlink(const char *shm_name);
 int pmq_get_config(const pmq_queue *q, pmq_config *cfg);
 /* Copies the queue's name into buf (PMQ_NAME_MAX bytes at most); returns its length. */
 int pmq_get_name(const pmq_queue *q, uint8_t *buf, size_t cap);
+/* The queue's epoch: random, non-zero, fixed when the segment was created (a new segment of
+ * the same name has another), so that (name, epoch, record id) names one item for ever. */
+uint64_t pmq_epoch(const pmq_queue *q);
 
 int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t vlen,
             int64_t timeout_ns);
@@ -145,9 +148,15 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
                    size_t *got, int64_t timeout_ns);
 
 /* Copy up to max_n items, oldest first, without removing them, from a cursor (start with
- * both at 0); the cursor is advanced for the next call. */
-int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
-                  uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
+ * both at 0); the cursor is advanced for the next call. ids (NULL: not wanted) receives
+ * each item's record id. */
+int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, uint64_t *ids,
+                  size_t max_n, uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
+
+/* Removes the live items at the head whose record id is <= last_id, stopping at the first
+ * with a larger id (ids grow in queue order): what a forwarder peeked, sent and had
+ * acknowledged. Counted as fetched; wakes putters waiting for room. *removed: how many. */
+int pmq_discard_through(pmq_queue *q, uint64_t last_id, uint64_t *removed);
 
 /* Wait until the queue is readable (has an item) or writable (an item of need_bytes key +
  * value bytes fits under the count limit and in the ring; 0: the smallest item). Nothing is

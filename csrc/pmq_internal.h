@@ -26,7 +26,7 @@
 #include "pmq.h"
 
 #define PMQ_MAGIC 0x3145555145554d50ULL /* "PMQUEUE1" read little-endian */
-#define PMQ_LAYOUT_VERSION 2u
+#define PMQ_LAYOUT_VERSION 3u
 #define PMQ_NONE UINT64_MAX
 #define PMQ_PAGE 4096u
 #define PMQ_MAX_CAPACITY (1ULL << 40)
@@ -62,6 +62,7 @@ typedef struct pmq_header {
     int64_t max_items;
     uint32_t policy;
     uint32_t addmode;
+    uint64_t epoch;         /* random, non-zero, fixed at creation: names this incarnation */
     uint8_t name[PMQ_NAME_MAX + 1];
 
     pthread_mutex_t lock;
@@ -110,6 +111,7 @@ struct pmq_queue {
     uint64_t seg_size, data_off, data_cap, index_off, index_slots;
     int64_t max_items;
     uint32_t policy, addmode;
+    uint64_t epoch;
     uint32_t name_len;
     uint8_t name[PMQ_NAME_MAX + 1];
     /* this handle */

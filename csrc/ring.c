@@ -475,8 +475,8 @@ int64_t pmq_try_fetch(pmq_queue *q, uint8_t *buf, size_t cap) {
 /* Copies up to max_n live items, oldest first, starting at the cursor: the first item whose
  * id is >= *cursor_id. *cursor_pos is a hint where it lies (checked, never trusted); both
  * are advanced past the last item copied, so successive calls walk the queue in O(items). */
-int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,
-                  uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got) {
+int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, uint64_t *ids,
+                  size_t max_n, uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got) {
     *got = 0;
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
@@ -500,6 +500,7 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
                 if (fit < 0) rc = fit;
                 break;
             }
+            if (ids != NULL) ids[n] = ref.id;
             n++;
             *cursor_id = ref.id + 1;
             *cursor_pos = ref.next;
@@ -509,6 +510,38 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t
     *got = n;
     pmq_unlock(q);
     return rc;
+}
+
+/* ---- removing what was read ----------------------------------------------------------- */
+
+int pmq_discard_through(pmq_queue *q, uint64_t last_id, uint64_t *removed) {
+    *removed = 0;
+    int rc = pmq_lock(q, NULL);
+    if (rc != PMQ_OK) return rc;
+    pmq_wakes wk = {0};
+    pmq_state *w = pmq_begin(q);
+    uint64_t n = 0;
+    rc = skip_dead(q, w);
+    while (rc == PMQ_OK && w->count > 0) {
+        pmq_rec_ref ref;
+        rc = pmq_read_rec(q, w->head, w->tail, &ref);
+        if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
+        if (rc != PMQ_OK || ref.id > last_id) break;
+        rc = pop_head(q, w);
+        if (rc != PMQ_OK) break;
+        n++;
+        w->fetched++;
+        rc = skip_dead(q, w);
+    }
+    if (n > 0) {
+        pmq_commit(q);
+        pmq_signal_room(q, &wk);
+    }
+    pmq_unlock(q);
+    pmq_wake(q, &wk);
+    *removed = n;
+    /* n > 0: those are gone; a bad record after them answers the next call. */
+    return n > 0 ? PMQ_OK : rc;
 }
 
 /* ---- waiting without consuming (asyncio) -------------------------------------------- */

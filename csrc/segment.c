@@ -78,6 +78,7 @@ static void take_geometry(pmq_queue *q, const pmq_header *h) {
     q->max_items = h->max_items;
     q->policy = h->policy;
     q->addmode = h->addmode;
+    q->epoch = h->epoch;
     q->name_len = h->name_len;
     memcpy(q->name, h->name, q->name_len);
     uint8_t *base = (uint8_t *)q->h;
@@ -143,7 +144,8 @@ static int validate(const pmq_header *h, uint64_t file_size) {
     if (h->data_cap < PMQ_MIN_CAPACITY || h->data_cap > PMQ_MAX_CAPACITY || h->data_cap % 8 != 0)
         return PMQ_E_BADSEG;
     if (h->data_off > file_size || h->data_cap > file_size - h->data_off) return PMQ_E_BADSEG;
-    if (h->policy > PMQ_POLICY_BLOCK || h->addmode > PMQ_ADDMODE_KEEP_NEWEST) return PMQ_E_BADSEG;
+    if (h->policy > PMQ_POLICY_BLOCK || h->addmode > PMQ_ADDMODE_KEEP_NEWEST || h->epoch == 0)
+        return PMQ_E_BADSEG;
     if (h->name_len == 0 || h->name_len > PMQ_NAME_MAX || h->max_items < 0) return PMQ_E_BADSEG;
     if (h->addmode == PMQ_ADDMODE_APPEND) {
         if (h->index_slots != 0) return PMQ_E_BADSEG;
@@ -242,6 +244,15 @@ static int link_name(int fd, const char *tmp_path, const char *path) {
     return -1;
 }
 
+/* A random non-zero number naming one incarnation of a queue (a new segment of the same
+ * name gets another), so that (queue, epoch, record id) names an item for ever. */
+static uint64_t new_epoch(void) {
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        r = (uint64_t)pmq_now_ns() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
+    return r ? r : 1;
+}
+
 /* Fills a fresh (zeroed) mapping; the magic is stored last. */
 static int init_header(pmq_queue *q, const pmq_config *cfg, const uint8_t *qname,
                        size_t qname_len, uint64_t header_size, uint64_t index_off,
@@ -257,6 +268,7 @@ static int init_header(pmq_queue *q, const pmq_config *cfg, const uint8_t *qname
     h->max_items = cfg->max_items > 0 ? cfg->max_items : 0;
     h->policy = cfg->policy;
     h->addmode = cfg->addmode;
+    h->epoch = new_epoch();
     h->name_len = (uint32_t)qname_len;
     memcpy(h->name, qname, qname_len);
     h->st[0].pending_tomb = PMQ_NONE;
@@ -350,3 +362,5 @@ int pmq_get_name(const pmq_queue *q, uint8_t *buf, size_t cap) {
     memcpy(buf, q->name, n);
     return (int)n;
 }
+
+uint64_t pmq_epoch(const pmq_queue *q) { return q->epoch; }

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from pymqueue.queue.aio import AsyncQueue
     from pymqueue.queue.mp import JoinableQueue, SimpleQueue
     from pymqueue.queue.sync import Queue, list_queues, unlink
-    from pymqueue.queue.types import AddMode, Overflow, QueueStats
+    from pymqueue.queue.types import AddMode, Overflow, QueueStats, Record
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -88,6 +88,7 @@ _LAZY = {
     "list_queues": "pymqueue.queue.sync",
     "unlink": "pymqueue.queue.sync",
     "QueueStats": "pymqueue.queue.types",
+    "Record": "pymqueue.queue.types",
     "Overflow": "pymqueue.queue.types",
     "AddMode": "pymqueue.queue.types",
     "AsyncQueue": "pymqueue.queue.aio",
@@ -123,6 +124,7 @@ __all__ = [
     "QueueExists",
     "QueueNotFound",
     "QueueStats",
+    "Record",
     "RpcError",
     "SimpleQueue",
     "TaskDoneError",

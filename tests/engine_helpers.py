@@ -31,6 +31,7 @@ OFF_INDEX_SLOTS = 56
 OFF_MAX_ITEMS = 64
 OFF_POLICY = 72
 OFF_ADDMODE = 76
+OFF_EPOCH = 80
 REC_CHECK = 20  # offset of a record's check field
 
 

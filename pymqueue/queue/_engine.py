@@ -259,14 +259,17 @@ class Batch:
     """The out-parameters of a batch call (fetch_many, peek_many): item lengths, count,
     and (``cursor=True``) the position peek_many resumes from."""
 
-    __slots__ = ("clens", "cursor_id", "cursor_pos", "got", "lens")
+    __slots__ = ("cids", "clens", "cursor_id", "cursor_pos", "got", "ids", "lens")
 
-    def __init__(self, max_items: int, *, cursor: bool = False) -> None:
+    def __init__(self, max_items: int, *, cursor: bool = False, ids: bool = False) -> None:
         self.lens = array("I", bytes(8 * max_items))  # C writes it through clens
         self.clens = ffi.from_buffer("uint32_t[]", self.lens)
         self.got = ffi.new("size_t *")
         self.cursor_pos = ffi.new("uint64_t *") if cursor else None
         self.cursor_id = ffi.new("uint64_t *") if cursor else None
+        # peek_many with ids: C writes each item's record id through cids
+        self.ids = array("Q", bytes(8 * max_items)) if ids else None
+        self.cids = ffi.from_buffer("uint64_t[]", self.ids) if ids else ffi.NULL
 
     @property
     def count(self) -> int:
@@ -394,6 +397,18 @@ class Handle:
             raise_for(rc, self.name)
         return int(out[0])
 
+    def epoch(self) -> int:
+        """``pmq_epoch``: the segment's incarnation number (random, non-zero)."""
+        return int(lib.pmq_epoch(self.ptr))
+
+    def discard_through(self, last_id: int) -> int:
+        """``pmq_discard_through``: remove the head's items with id <= ``last_id``."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pmq_discard_through(self.ptr, last_id, out)
+        if rc != OK:
+            raise_for(rc, self.name)
+        return int(out[0])
+
     def count_hint(self) -> int:
         """``pmq_count_hint``: the item count read without the lock (never waits)."""
         return int(lib.pmq_count_hint(self.ptr))
@@ -419,6 +434,7 @@ class Handle:
             buf.cdata,
             buf.size,
             batch.clens,
+            batch.cids,
             want,
             batch.cursor_pos,
             batch.cursor_id,

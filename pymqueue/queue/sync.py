@@ -29,6 +29,7 @@ from pymqueue.queue.types import (
     AddMode,
     Overflow,
     QueueStats,
+    Record,
     Serializer,
 )
 
@@ -354,6 +355,13 @@ class Queue:
     def closed(self) -> bool:
         return self._handle is None
 
+    @property
+    def epoch(self) -> int:
+        """This incarnation of the queue: a random non-zero 64-bit number fixed when the
+        segment was created, the same in every process. A queue created again under the
+        same name has another, so (name, epoch, :attr:`Record.id`) names one item for ever."""
+        return self._h().epoch()
+
     def _h(self) -> Handle:
         engine = self._engine
         if engine is None:
@@ -648,6 +656,63 @@ class Queue:
                 break
             batch.unpack(buf, out)
         return out
+
+    def peek_records(
+        self, max_items: int, *, after_id: int = 0, max_bytes: int | None = None
+    ) -> list[Record]:
+        """Up to ``max_items`` of the oldest items whose id is > ``after_id``, oldest first,
+        with their ids, WITHOUT removing them; at most ``max_bytes`` key + value bytes in all
+        (None: no limit), though always the first item if there is one, however big.
+
+        With :meth:`discard_through` this is a forwarder's loop: peek a batch, send it, and
+        once it is acknowledged discard exactly what was sent. One lock per call."""
+        if max_items < 0 or after_id < 0 or (max_bytes is not None and max_bytes < 0):
+            raise ValueError("max_items, after_id and max_bytes must be >= 0")
+        if max_items == 0:
+            return []
+        engine = self._h()
+        limit = max_bytes if max_bytes is not None else _BUF_SIZE
+        size = min(max_items, 65536)
+        batch = Batch(size, cursor=True, ids=True)
+        batch.cursor_id[0] = after_id + 1  # type: ignore[index]
+        out: list[Record] = []
+        buf = Buf(max(min(limit, _BUF_SIZE), 1))
+        while len(out) < max_items:
+            want = min(size, max_items - len(out))
+            rc = engine.peek_many(buf, batch, want)
+            if rc == _E_BUFSMALL:
+                if max_bytes is not None:
+                    if out:
+                        break  # the next item would pass max_bytes
+                    buf = Buf(batch.first_size())  # the first item alone, however big
+                    continue
+                buf = Buf(max(batch.first_size(), 2 * buf.size))
+                continue
+            if rc != _OK:
+                self._fail(rc)
+            got = batch.count
+            if got == 0:
+                break
+            pairs: list[tuple[bytes, bytes]] = []
+            batch.unpack(buf, pairs)
+            ids = batch.ids[:got]  # type: ignore[index]
+            out.extend(Record(i, k, v) for i, (k, v) in zip(ids, pairs, strict=True))
+            if max_bytes is not None:
+                limit -= sum(map(len, chain.from_iterable(pairs)))
+                if limit <= 0:
+                    break
+                if limit < buf.size:
+                    buf = Buf(limit)
+        return out
+
+    def discard_through(self, last_id: int) -> int:
+        """Remove the items at the head whose id is <= ``last_id`` (stopping at the first
+        with a larger id) and return how many; they count as fetched. What a forwarder
+        peeked, sent and had acknowledged: items a consumer fetched meanwhile are simply
+        gone already."""
+        if last_id < 0:
+            raise ValueError("last_id must be >= 0")
+        return self._h().discard_through(last_id)
 
     # ---- standard-library vocabulary --------------------------------------------------
 

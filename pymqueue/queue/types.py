@@ -2,7 +2,8 @@
 the C engine.
 
 :class:`Overflow` and :class:`AddMode` (the settings), :class:`QueueStats` (a snapshot of the
-counters), :class:`Serializer` and the default :class:`PickleSerializer` (``put``/``get``).
+counters), :class:`Record` (an item with its id, from ``Queue.peek_records``),
+:class:`Serializer` and the default :class:`PickleSerializer` (``put``/``get``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pymqueue.errors import ConfigError
 
@@ -21,6 +22,7 @@ __all__ = [
     "Overflow",
     "PickleSerializer",
     "QueueStats",
+    "Record",
     "Serializer",
 ]
 
@@ -115,3 +117,13 @@ class PickleSerializer:
 
 
 PICKLE = PickleSerializer()
+
+
+class Record(NamedTuple):
+    """An item with its record id, as :meth:`Queue.peek_records <pymqueue.Queue.peek_records>`
+    returns it. Ids are > 0 and grow in queue order; with :attr:`Queue.epoch
+    <pymqueue.Queue.epoch>` they name the item for ever (a new segment has a new epoch)."""
+
+    id: int
+    key: bytes
+    value: bytes

@@ -27,6 +27,7 @@ from engine_helpers import (
     OFF_ADDMODE,
     OFF_DATA_CAP,
     OFF_DATA_OFF,
+    OFF_EPOCH,
     OFF_INDEX_SLOTS,
     OFF_MAX_ITEMS,
     OFF_POLICY,
@@ -237,6 +238,7 @@ def test_a_creator_killed_mid_create_leaves_no_name(name: str, start_method: str
         (OFF_MAX_ITEMS, 1),
         (OFF_POLICY, 0xFFFFFFFF),
         (OFF_ADDMODE, 7),
+        (OFF_EPOCH, 0),
     ],
 )
 @pytest.mark.parametrize("addmode", [0, 2])
