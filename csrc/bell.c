@@ -183,7 +183,21 @@ int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token) {
     if (rc != PMQ_OK) return rc;
     if (!holds(q, slot, token))
         rc = PMQ_E_INVAL;
-    else if (pmq_published(q)->count > 0)
+    else if (pmq_fetchable(q))
+        rc = PMQ_READY;
+    else
+        __atomic_fetch_or(&q->h->bells_armed, 1ULL << slot, __ATOMIC_RELAXED);
+    pmq_unlock(q);
+    return rc;
+}
+
+int pmq_bell_arm_held(pmq_queue *q, uint32_t slot, uint64_t token) {
+    if (token == 0 || slot >= PMQ_BELLS) return PMQ_E_INVAL;
+    int rc = pmq_lock(q, NULL);
+    if (rc != PMQ_OK) return rc;
+    if (!holds(q, slot, token))
+        rc = PMQ_E_INVAL;
+    else if (pmq_published(q)->held > 0)
         rc = PMQ_READY;
     else
         __atomic_fetch_or(&q->h->bells_armed, 1ULL << slot, __ATOMIC_RELAXED);

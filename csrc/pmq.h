@@ -54,6 +54,9 @@
 #define PMQ_ADDMODE_KEEP_OLDEST 1
 #define PMQ_ADDMODE_KEEP_NEWEST 2
 
+#define PMQ_PEEK_HELD 1   /* pmq_peek_many: only the held items */
+#define PMQ_ADD_RELEASED 1 /* pmq_add_many_flags: never held, even while the queue holds */
+
 #define PMQ_WAIT_READABLE 1
 #define PMQ_WAIT_WRITABLE 2
 
@@ -89,6 +92,8 @@ typedef struct pmq_stats {
     uint64_t high_water;  /* most live items ever */
     uint64_t recoveries;  /* lock recoveries after a holder died */
     uint64_t next_id;
+    uint64_t held;            /* live items held back (pmq_set_hold) */
+    uint32_t hold;            /* 1: items added now are held */
     uint32_t getters_waiting; /* 1: a fetcher may be asleep waiting for items (a hint) */
     uint32_t putters_waiting; /* 1: a putter may be asleep waiting for room (a hint) */
     uint32_t bells;           /* doorbells registered (some may belong to dead processes) */
@@ -151,12 +156,24 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
  * both at 0); the cursor is advanced for the next call. ids (NULL: not wanted) receives
  * each item's record id. */
 int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, uint64_t *ids,
-                  size_t max_n, uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got);
+                  size_t max_n, uint32_t only, uint64_t *cursor_pos, uint64_t *cursor_id,
+                  size_t *got);
 
 /* Removes the live items at the head whose record id is <= last_id, stopping at the first
  * with a larger id (ids grow in queue order): what a forwarder peeked, sent and had
  * acknowledged. Counted as fetched; wakes putters waiting for room. *removed: how many. */
 int pmq_discard_through(pmq_queue *q, uint64_t last_id, uint64_t *removed);
+
+/* Held items (a mirror queue: a forwarder must see every local add before any consumer).
+ * While the queue holds (pmq_set_hold(q, 1)), every item added is held: it counts as an item
+ * but no fetch takes it, and none behind it (order is kept), until it is released. Items
+ * added with PMQ_ADD_RELEASED are never held. pmq_set_hold(q, 0) stops holding and
+ * releases every held item. Releasing wakes fetchers and rings doorbells. */
+int pmq_set_hold(pmq_queue *q, int on);
+/* Releases the held items whose id is <= last_id; *released: how many. */
+int pmq_release_through(pmq_queue *q, uint64_t last_id, uint64_t *released);
+int pmq_add_many_flags(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
+                       uint32_t flags, size_t *done, int64_t timeout_ns);
 
 /* Wait until the queue is readable (has an item) or writable (an item of need_bytes key +
  * value bytes fits under the count limit and in the ring; 0: the smallest item). Nothing is
@@ -208,12 +225,15 @@ int pmq_bell_register(pmq_queue *q, uint64_t token, uint32_t *slot);
  * items now: not armed, look at once), PMQ_E_INVAL (the slot no longer holds this token: a
  * ring found its socket gone; register again). */
 int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token);
+/* The same for a forwarder of held items: PMQ_READY when the queue holds items now. */
+int pmq_bell_arm_held(pmq_queue *q, uint32_t slot, uint64_t token);
 /* Frees the slot if it still holds this token. */
 int pmq_bell_unregister(pmq_queue *q, uint32_t slot, uint64_t token);
 
 /* Test hooks: make this process kill itself with SIGKILL at a numbered point inside the
  * next mutating operation (7: pmq_create, segment whole but not yet named; 8: an add that
- * disarmed doorbells, after its unlock and before its rings), or take the lock and return
+ * disarmed doorbells, after its unlock and before its rings; 9: a release of held items
+ * with one flag cleared and the count not yet published), or take the lock and return
  * without releasing it. */
 void pmq_test_crash_at(int point);
 int pmq_test_hold_lock(pmq_queue *q);

@@ -33,6 +33,7 @@
 
 #define REC_TOMB 1u /* removed in place (addmode 2): skipped by readers */
 #define REC_WRAP 2u /* padding to the end of the ring */
+#define REC_HELD 4u /* held back (pmq_set_hold): not fetchable until released */
 
 typedef struct pmq_state {
     uint64_t head;         /* monotonic byte position of the oldest record */
@@ -46,6 +47,8 @@ typedef struct pmq_state {
     uint64_t pending_tomb; /* record to mark REC_TOMB (rolled forward on recovery) */
     uint64_t tasks_done;   /* task_done() calls (tasks.c): unfinished = added - dropped -
                             * replaced - tasks_done, published with the items it counts */
+    uint64_t hold;         /* 1: items added from now on are held (REC_HELD) */
+    uint64_t held;         /* live held records */
 } pmq_state;
 
 typedef struct pmq_header {
@@ -240,6 +243,8 @@ int pmq_wait_tasks(pmq_queue *q, uint32_t seen, const pmq_call *c);
 /* ring.c */
 pmq_state *pmq_begin(pmq_queue *q);
 void pmq_commit(pmq_queue *q);
+/* With the lock held: a fetch would find an item now (some may be held back). */
+int pmq_fetchable(pmq_queue *q);
 /* Reads the record at pos (< tail). Returns PMQ_E_CORRUPT if it does not fit. */
 int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *out);
 /* Whether a state's positions are plausible for this ring. */

@@ -19,19 +19,21 @@ static int finish_pending_tomb(pmq_queue *q, pmq_state *w) {
 }
 
 /* Every published record must be readable and the live ones must add up to the counters. */
-static int check_records(const pmq_queue *q, const pmq_state *w) {
-    uint64_t count = 0, bytes = 0;
+static int check_records(const pmq_queue *q, pmq_state *w) {
+    uint64_t count = 0, bytes = 0, held = 0;
     for (uint64_t pos = w->head; pos < w->tail;) {
         pmq_rec_ref ref;
         if (pmq_read_rec(q, pos, w->tail, &ref) != PMQ_OK) return PMQ_E_CORRUPT;
         if (ref.rec != NULL && !(ref.flags & REC_TOMB)) {
             count++;
             bytes += (uint64_t)ref.klen + ref.vlen;
+            if (ref.flags & REC_HELD) held++;
         }
         pos = ref.next;
     }
     if (count != w->count || bytes != w->bytes) return PMQ_E_CORRUPT;
     if (q->max_items > 0 && count > (uint64_t)q->max_items) return PMQ_E_CORRUPT;
+    w->held = held; /* a release may have cleared flags and died before publishing */
     return PMQ_OK;
 }
 

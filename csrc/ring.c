@@ -33,7 +33,7 @@ void pmq_commit(pmq_queue *q) {
 int pmq_state_ok(const pmq_queue *q, const pmq_state *s) {
     uint64_t head = s->head, tail = s->tail;
     return head <= tail && tail - head <= q->data_cap && (head & 7u) == 0 && (tail & 7u) == 0 &&
-           s->count <= (tail - head) / sizeof(pmq_rec);
+           s->count <= (tail - head) / sizeof(pmq_rec) && s->hold <= 1 && s->held <= s->count;
 }
 
 /* ---- records ----------------------------------------------------------------------- */
@@ -52,7 +52,7 @@ int pmq_read_rec(const pmq_queue *q, uint64_t pos, uint64_t tail, pmq_rec_ref *o
     if (flags & REC_WRAP) return out->next <= tail ? PMQ_OK : PMQ_E_CORRUPT;
     uint64_t size = pmq_rec_size(klen, vlen);
     if (check != pmq_rec_check(klen, vlen, id) || size > cap - off || size > tail - pos ||
-        (flags & ~(uint32_t)REC_TOMB) != 0)
+        (flags & ~(uint32_t)(REC_TOMB | REC_HELD)) != 0)
         return PMQ_E_CORRUPT;
     out->rec = r;
     out->next = pos + size;
@@ -92,11 +92,33 @@ static int pop_head(pmq_queue *q, pmq_state *w) {
     int rc = pmq_read_rec(q, w->head, w->tail, &ref);
     if (rc != PMQ_OK) return rc;
     if (ref.rec == NULL || w->count == 0) return PMQ_E_CORRUPT;
+    if (ref.flags & REC_HELD) {
+        if (w->held == 0) return PMQ_E_CORRUPT;
+        w->held--;
+    }
     pmq_index_remove(q, w->head, pmq_ref_key(&ref), ref.klen);
     w->count--;
     w->bytes -= (uint64_t)ref.klen + ref.vlen;
     w->head = ref.next;
     return PMQ_OK;
+}
+
+/* An item can be fetched from w (after skip_dead): there is one and the head is not held.
+ * Records are read only when some are held. */
+static int can_fetch(const pmq_queue *q, const pmq_state *w) {
+    if (w->count == 0) return 0;
+    if (w->held == 0) return 1;
+    pmq_rec_ref ref;
+    if (pmq_read_rec(q, w->head, w->tail, &ref) != PMQ_OK || ref.rec == NULL)
+        return 1; /* the fetch reports the damage */
+    return !(ref.flags & REC_HELD);
+}
+
+int pmq_fetchable(pmq_queue *q) {
+    const pmq_state *s = pmq_published(q);
+    if (s->held == 0) return s->count > 0;
+    pmq_state *w = pmq_begin(q); /* a scratch copy: never published */
+    return skip_dead(q, w) != PMQ_OK || can_fetch(q, w); /* damage: let a fetch report it */
 }
 
 /* ---- room ----------------------------------------------------------------------------- */
@@ -123,6 +145,8 @@ typedef struct add_req {
     uint64_t hash;   /* of its key (addmodes 1 and 2) */
     uint64_t victim; /* position of the live record with the same key (addmode 2), or NONE */
     uint32_t victim_klen, victim_vlen;
+    uint32_t victim_flags;
+    uint32_t flags; /* of the new record: 0 or REC_HELD */
 } add_req;
 
 #define LOOK_AGAIN 1 /* the published state changed: start the add over */
@@ -152,6 +176,7 @@ static int find_same_key(pmq_queue *q, add_req *a) {
     a->victim = pos;
     a->victim_klen = ref.klen;
     a->victim_vlen = ref.vlen;
+    a->victim_flags = ref.flags;
     return PMQ_OK;
 }
 
@@ -232,7 +257,7 @@ static uint64_t write_record(pmq_queue *q, pmq_state *w, const add_req *a) {
     r->klen = a->klen;
     r->vlen = a->vlen;
     r->id = w->next_id;
-    r->flags = 0;
+    r->flags = a->flags;
     pmq_crash_check(2);
     memcpy((uint8_t *)(r + 1), a->key, a->klen);
     memcpy((uint8_t *)(r + 1) + a->klen, a->val, a->vlen);
@@ -253,8 +278,13 @@ static int publish_add(pmq_queue *q, pmq_state *w, const add_req *a, uint64_t po
             w->bytes -= (uint64_t)a->victim_klen + a->victim_vlen;
             w->replaced++;
             w->pending_tomb = a->victim;
+            if (a->victim_flags & REC_HELD) {
+                if (w->held == 0) return PMQ_E_CORRUPT;
+                w->held--;
+            }
         }
     }
+    if (a->flags & REC_HELD) w->held++;
     w->next_id++;
     w->tail = pos + a->size;
     w->count++;
@@ -275,8 +305,8 @@ static int publish_add(pmq_queue *q, pmq_state *w, const add_req *a, uint64_t po
 /* Adds one item with the lock held (held on return, whatever the result). The caller
  * signals the items eventcount. WAIT_ROOM: the block policy must wait for room. */
 static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uint8_t *val,
-                      uint32_t vlen, pmq_wakes *wk, uint64_t *need) {
-    add_req a = {key, val, klen, vlen, pmq_rec_size(klen, vlen), 0, PMQ_NONE, 0, 0};
+                      uint32_t vlen, uint32_t add_flags, pmq_wakes *wk, uint64_t *need) {
+    add_req a = {key, val, klen, vlen, pmq_rec_size(klen, vlen), 0, PMQ_NONE, 0, 0, 0, 0};
     int rc;
     do {
         rc = find_same_key(q, &a);
@@ -286,6 +316,7 @@ static int add_locked(pmq_queue *q, const uint8_t *key, uint32_t klen, const uin
     if (rc == WAIT_ROOM) *need = a.size;
     if (rc != PMQ_OK) return rc;
     pmq_state *w = pmq_begin(q);
+    if (w->hold && !(add_flags & PMQ_ADD_RELEASED)) a.flags = REC_HELD;
     uint64_t pos = write_record(q, w, &a);
     return publish_add(q, w, &a, pos);
 }
@@ -303,6 +334,7 @@ typedef struct add_src {
     const uint8_t *data;
     const uint8_t *key, *val;
     uint32_t klen, vlen;
+    uint32_t flags; /* PMQ_ADD_* */
 } add_src;
 
 /* Adds items [*done, n) of src, waiting for room under the block policy within the call's
@@ -328,7 +360,7 @@ static int add_items(pmq_queue *q, const add_src *src, size_t n, size_t *done,
                 key = p;
                 val = p + klen;
             }
-            rc = add_locked(q, key, klen, val, vlen, &wk, &need);
+            rc = add_locked(q, key, klen, val, vlen, src->flags, &wk, &need);
             if (rc < PMQ_OK || rc == WAIT_ROOM) break;
             if (rc == PMQ_OK) added++;
             if (src->lens != NULL) p += (size_t)klen + vlen;
@@ -354,20 +386,26 @@ int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t 
             int64_t timeout_ns) {
     int rc = check_item(q, klen, vlen);
     if (rc != PMQ_OK) return rc;
-    add_src one = {NULL, NULL, key, val, (uint32_t)klen, (uint32_t)vlen};
+    add_src one = {NULL, NULL, key, val, (uint32_t)klen, (uint32_t)vlen, 0};
     size_t done = 0;
     return add_items(q, &one, 1, &done, timeout_ns);
 }
 
 int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
                  size_t *done, int64_t timeout_ns) {
+    return pmq_add_many_flags(q, lens, data, n, 0, done, timeout_ns);
+}
+
+int pmq_add_many_flags(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
+                       uint32_t flags, size_t *done, int64_t timeout_ns) {
     *done = 0;
+    if (flags & ~(uint32_t)PMQ_ADD_RELEASED) return PMQ_E_INVAL;
     for (size_t i = 0; i < n; i++) {
         int rc = check_item(q, lens[2 * i], lens[2 * i + 1]);
         if (rc != PMQ_OK) return rc; /* nothing added: the batch is refused whole */
     }
     if (n == 0) return PMQ_OK;
-    add_src batch = {lens, data, NULL, NULL, 0, 0};
+    add_src batch = {lens, data, NULL, NULL, 0, 0, flags};
     int rc = add_items(q, &batch, n, done, timeout_ns);
     return rc == PMQ_DUPLICATE ? PMQ_OK : rc;
 }
@@ -404,6 +442,10 @@ static int take_items(pmq_queue *q, pmq_state *w, uint8_t *buf, size_t cap, uint
         rc = pmq_read_rec(q, w->head, w->tail, &ref);
         if (rc == PMQ_OK && ref.rec == NULL) rc = PMQ_E_CORRUPT;
         if (rc != PMQ_OK) break;
+        if (ref.flags & REC_HELD) {
+            if (n == 0) rc = PMQ_E_CORRUPT; /* can_fetch said the head was not held */
+            break;
+        }
         int fit = copy_out(&ref, buf, cap, &used, lens, n);
         if (fit != PMQ_OK) {
             if (fit < 0) rc = fit;
@@ -433,7 +475,7 @@ int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_
         pmq_wakes wk = {0};
         pmq_state *w = pmq_begin(q);
         rc = skip_dead(q, w);
-        if (rc == PMQ_OK && w->count == 0) {
+        if (rc == PMQ_OK && !can_fetch(q, w)) {
             if (!pmq_call_expired(&c)) {
                 rc = pmq_wait_items(q, pmq_items_seen(q), &c, &wk);
                 if (rc != PMQ_OK) return rc;
@@ -476,8 +518,11 @@ int64_t pmq_try_fetch(pmq_queue *q, uint8_t *buf, size_t cap) {
  * id is >= *cursor_id. *cursor_pos is a hint where it lies (checked, never trusted); both
  * are advanced past the last item copied, so successive calls walk the queue in O(items). */
 int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, uint64_t *ids,
-                  size_t max_n, uint64_t *cursor_pos, uint64_t *cursor_id, size_t *got) {
+                  size_t max_n, uint32_t only, uint64_t *cursor_pos, uint64_t *cursor_id,
+                  size_t *got) {
     *got = 0;
+    if (only & ~(uint32_t)PMQ_PEEK_HELD) return PMQ_E_INVAL;
+    uint32_t need = only & PMQ_PEEK_HELD ? REC_HELD : 0;
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     const pmq_state *s = pmq_published(q);
@@ -494,7 +539,7 @@ int pmq_peek_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, uint64
         pmq_rec_ref ref;
         rc = pmq_read_rec(q, pos, tail, &ref);
         if (rc != PMQ_OK) break;
-        if (is_live(&ref) && ref.id >= *cursor_id) {
+        if (is_live(&ref) && ref.id >= *cursor_id && (ref.flags & need) == need) {
             int fit = copy_out(&ref, buf, cap, &used, lens, n);
             if (fit != PMQ_OK) {
                 if (fit < 0) rc = fit;
@@ -544,6 +589,67 @@ int pmq_discard_through(pmq_queue *q, uint64_t last_id, uint64_t *removed) {
     return n > 0 ? PMQ_OK : rc;
 }
 
+/* ---- held items ------------------------------------------------------------------------ */
+
+/* Clears REC_HELD on the held records of w with id <= last_id (in place: flags are not
+ * covered by the record check) and counts them out of w->held; the caller publishes. A
+ * holder dying half-way leaves some flags cleared and w unpublished: recovery recounts. */
+static int release_held(pmq_queue *q, pmq_state *w, uint64_t last_id, uint64_t *released) {
+    uint64_t n = 0;
+    int rc = PMQ_OK;
+    for (uint64_t pos = w->head; pos < w->tail && n < w->held;) {
+        pmq_rec_ref ref;
+        rc = pmq_read_rec(q, pos, w->tail, &ref);
+        if (rc != PMQ_OK) break;
+        if (is_live(&ref)) {
+            if (ref.id > last_id) break;
+            if (ref.flags & REC_HELD) {
+                __atomic_and_fetch(&ref.rec->flags, ~(uint32_t)REC_HELD, __ATOMIC_RELAXED);
+                n++;
+                pmq_crash_check(9); /* one flag cleared, the count not yet published */
+            }
+        }
+        pos = ref.next;
+    }
+    w->held -= n;
+    *released = n;
+    return rc;
+}
+
+int pmq_release_through(pmq_queue *q, uint64_t last_id, uint64_t *released) {
+    *released = 0;
+    int rc = pmq_lock(q, NULL);
+    if (rc != PMQ_OK) return rc;
+    pmq_wakes wk = {0};
+    pmq_state *w = pmq_begin(q);
+    rc = release_held(q, w, last_id, released);
+    if (*released > 0) {
+        pmq_commit(q);
+        pmq_signal_items(q, &wk);
+    }
+    pmq_unlock(q);
+    pmq_wake(q, &wk);
+    return *released > 0 ? PMQ_OK : rc;
+}
+
+int pmq_set_hold(pmq_queue *q, int on) {
+    int rc = pmq_lock(q, NULL);
+    if (rc != PMQ_OK) return rc;
+    pmq_wakes wk = {0};
+    pmq_state *w = pmq_begin(q);
+    uint64_t released = 0;
+    w->hold = on ? 1 : 0;
+    if (!on) rc = release_held(q, w, UINT64_MAX, &released);
+    if (rc == PMQ_OK && w->held != 0 && !on) rc = PMQ_E_CORRUPT; /* held records missing */
+    if (rc == PMQ_OK || released > 0) {
+        pmq_commit(q);
+        if (released > 0) pmq_signal_items(q, &wk);
+    }
+    pmq_unlock(q);
+    pmq_wake(q, &wk);
+    return rc;
+}
+
 /* ---- waiting without consuming (asyncio) -------------------------------------------- */
 
 int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns) {
@@ -563,7 +669,7 @@ int pmq_wait(pmq_queue *q, int what, uint64_t need_bytes, int64_t timeout_ns) {
         pmq_state *w = pmq_begin(q); /* a scratch copy: never published */
         rc = skip_dead(q, w);
         if (rc == PMQ_OK) {
-            int ready = what == PMQ_WAIT_READABLE ? w->count > 0 : has_room(q, w, size, 1);
+            int ready = what == PMQ_WAIT_READABLE ? can_fetch(q, w) : has_room(q, w, size, 1);
             if (!ready) {
                 if (!pmq_call_expired(&c)) {
                     rc = what == PMQ_WAIT_READABLE
@@ -622,6 +728,8 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     out->high_water = s->high_water;
     out->recoveries = s->recoveries;
     out->next_id = s->next_id;
+    out->held = s->held;
+    out->hold = (uint32_t)s->hold;
     out->getters_waiting = __atomic_load_n(&q->h->items_sleep, __ATOMIC_RELAXED);
     out->putters_waiting = __atomic_load_n(&q->h->room_sleep, __ATOMIC_RELAXED);
     out->bells = pmq_bells_count(q, &out->bells_armed);

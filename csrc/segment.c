@@ -130,6 +130,7 @@ static int check_trust_arg(const pmq_trust *trust) {
 static int valid_state(const pmq_header *h, const pmq_state *s) {
     return s->head <= s->tail && s->tail - s->head <= h->data_cap && (s->head & 7u) == 0 &&
            (s->tail & 7u) == 0 && s->count <= (s->tail - s->head) / sizeof(pmq_rec) &&
+           s->hold <= 1 && s->held <= s->count &&
            (h->max_items == 0 || s->count <= (uint64_t)h->max_items);
 }
 

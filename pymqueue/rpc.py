@@ -454,6 +454,7 @@ class RpcServer:
     def _method_signature(self, *_: Any) -> Any:
         raise RpcError(500, "Not Implemented Yet")
 
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

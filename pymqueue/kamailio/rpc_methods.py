@@ -99,9 +99,7 @@ class _MqueueMethods:
         return {**json_bytes_fields("name", queue.raw_name), "size": queue.size()}
 
     def get_sizes(self, *_: Any) -> list[dict[str, Any]]:
-        return [
-            {**json_bytes_fields("name", q.raw_name), "size": q.size()} for q in self._queues()
-        ]
+        return [{**json_bytes_fields("name", q.raw_name), "size": q.size()} for q in self._queues()]
 
     def fetch(self, *args: Any) -> dict[str, Any]:
         queue = self._find(args, 500, 500)

@@ -73,16 +73,17 @@ class Bell:
             except (BlockingIOError, InterruptedError):
                 return
 
-    def arm(self, engine: Handle) -> bool:
+    def arm(self, engine: Handle, *, held: bool = False) -> bool:
         """Drain, then arm: False when armed (the next add rings), True when the queue has
-        items now (not armed)."""
+        items now (``held``: items held back) and was not armed."""
         self.drain()
-        rc = engine.bell_arm(self.slot, self.token)
+        arm = engine.bell_arm_held if held else engine.bell_arm
+        rc = arm(self.slot, self.token)
         if rc == E_INVAL:
             # A ring found no socket at our address (a process in another network
             # namespace rang, or the header was overwritten): take a slot again.
             self.slot = engine.bell_register(self.token)
-            rc = engine.bell_arm(self.slot, self.token)
+            rc = arm(self.slot, self.token)
             if rc == E_INVAL:
                 raise QueueError(f"queue {engine.name!r}: its doorbell cannot stay registered")
         return rc == READY

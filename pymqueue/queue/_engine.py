@@ -65,6 +65,8 @@ E_LOCKTIMEOUT: int = lib.PMQ_E_LOCKTIMEOUT
 E_CLOSED: int = lib.PMQ_E_CLOSED
 E_INVAL: int = lib.PMQ_E_INVAL
 READY: int = lib.PMQ_READY
+PEEK_HELD: int = lib.PMQ_PEEK_HELD
+ADD_RELEASED: int = lib.PMQ_ADD_RELEASED
 BELLS: int = lib.PMQ_BELLS
 E_PENDING: int = lib.PMQ_E_PENDING
 DEFAULT_MODE = 0o600
@@ -103,6 +105,8 @@ _STATS_FIELDS = (
     "putters_waiting",
     "bells",
     "bells_armed",
+    "held",
+    "hold",
 )
 
 
@@ -401,6 +405,20 @@ class Handle:
         """``pmq_epoch``: the segment's incarnation number (random, non-zero)."""
         return int(lib.pmq_epoch(self.ptr))
 
+    def set_hold(self, on: bool) -> None:
+        """``pmq_set_hold``: hold the items added from now on, or stop and release all."""
+        rc = lib.pmq_set_hold(self.ptr, 1 if on else 0)
+        if rc != OK:
+            raise_for(rc, self.name)
+
+    def release_through(self, last_id: int) -> int:
+        """``pmq_release_through``: release the held items with id <= ``last_id``."""
+        out = ffi.new("uint64_t *")
+        rc = lib.pmq_release_through(self.ptr, last_id, out)
+        if rc != OK:
+            raise_for(rc, self.name)
+        return int(out[0])
+
     def discard_through(self, last_id: int) -> int:
         """``pmq_discard_through``: remove the head's items with id <= ``last_id``."""
         out = ffi.new("uint64_t *")
@@ -413,11 +431,14 @@ class Handle:
         """``pmq_count_hint``: the item count read without the lock (never waits)."""
         return int(lib.pmq_count_hint(self.ptr))
 
-    def add_many(self, lens: array[int], data: bytes, n: int, ns: int) -> tuple[int, int]:
-        """``pmq_add_many`` of ``n`` items (``lens``: key, value lengths; ``data``: their
-        bytes in order): (return code, items handled)."""
+    def add_many(
+        self, lens: array[int], data: bytes, n: int, ns: int, flags: int = 0
+    ) -> tuple[int, int]:
+        """``pmq_add_many_flags`` of ``n`` items (``lens``: key, value lengths; ``data``: their
+        bytes in order; ``flags``: ``PMQ_ADD_*``): (return code, items handled)."""
         done = ffi.new("size_t *")
-        rc: int = lib.pmq_add_many(self.ptr, ffi.from_buffer("uint32_t[]", lens), data, n, done, ns)
+        clens = ffi.from_buffer("uint32_t[]", lens)
+        rc: int = lib.pmq_add_many_flags(self.ptr, clens, data, n, flags, done, ns)
         return rc, int(done[0])
 
     def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:
@@ -427,8 +448,9 @@ class Handle:
         )
         return rc
 
-    def peek_many(self, buf: Buf, batch: Batch, want: int) -> int:
-        """``pmq_peek_many``: up to ``want`` items after ``batch``'s cursor, not removed."""
+    def peek_many(self, buf: Buf, batch: Batch, want: int, only: int = 0) -> int:
+        """``pmq_peek_many``: up to ``want`` items after ``batch``'s cursor, not removed
+        (``only``: ``PMQ_PEEK_HELD`` for the held ones alone)."""
         rc: int = lib.pmq_peek_many(
             self.ptr,
             buf.cdata,
@@ -436,6 +458,7 @@ class Handle:
             batch.clens,
             batch.cids,
             want,
+            only,
             batch.cursor_pos,
             batch.cursor_id,
             batch.got,
@@ -503,6 +526,13 @@ class Handle:
         """``pmq_bell_arm``: OK (armed), READY (items now, not armed) or E_INVAL (the slot
         was freed: register again); other codes raise."""
         rc: int = lib.pmq_bell_arm(self.ptr, slot, token)
+        if rc not in (OK, READY, E_INVAL):
+            raise_for(rc, self.name)
+        return rc
+
+    def bell_arm_held(self, slot: int, token: int) -> int:
+        """``pmq_bell_arm_held``: like :meth:`bell_arm`, READY when items are held now."""
+        rc: int = lib.pmq_bell_arm_held(self.ptr, slot, token)
         if rc not in (OK, READY, E_INVAL):
             raise_for(rc, self.name)
         return rc

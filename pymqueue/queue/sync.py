@@ -562,24 +562,34 @@ class Queue:
 
     __len__ = size
 
-    def add_many(self, items: Iterable[tuple[Key, Key]], timeout: float | None = None) -> int:
+    def add_many(
+        self,
+        items: Iterable[tuple[Key, Key]],
+        timeout: float | None = None,
+        *,
+        released: bool = False,
+    ) -> int:
         """Add items in order under one lock acquisition; returns how many were handled
         (stored, or ignored as duplicates by addmode 1). With the reject policy it stops at
         the first that does not fit and raises :class:`Full` (``.done`` tells how many were
-        handled before). An item that can never fit refuses the whole batch."""
+        handled before). An item that can never fit refuses the whole batch.
+
+        ``released``: never held, even while the queue holds (:meth:`hold`) — how a
+        forwarder adds what it received, which must not be forwarded again."""
         parts, lens, data = _flatten(items)
         n = len(parts) // 2
         if n == 0:
             return 0
         engine = self._h()
-        rc, total = engine.add_many(lens, data, n, 0)
+        flags = E.ADD_RELEASED if released else 0
+        rc, total = engine.add_many(lens, data, n, 0, flags)
         if (rc == _E_FULL and self._block and timeout != 0) or rc == _E_LOCKTIMEOUT:
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
 
             def call(ns: int) -> int:
                 nonlocal total, offset
-                rc, done = engine.add_many(lens[2 * total :], data[offset:], n - total, ns)
+                rc, done = engine.add_many(lens[2 * total :], data[offset:], n - total, ns, flags)
                 for i in range(total, total + done):
                     offset += lens[2 * i] + lens[2 * i + 1]
                 total += done
@@ -658,14 +668,20 @@ class Queue:
         return out
 
     def peek_records(
-        self, max_items: int, *, after_id: int = 0, max_bytes: int | None = None
+        self,
+        max_items: int,
+        *,
+        after_id: int = 0,
+        max_bytes: int | None = None,
+        held_only: bool = False,
     ) -> list[Record]:
         """Up to ``max_items`` of the oldest items whose id is > ``after_id``, oldest first,
         with their ids, WITHOUT removing them; at most ``max_bytes`` key + value bytes in all
         (None: no limit), though always the first item if there is one, however big.
 
         With :meth:`discard_through` this is a forwarder's loop: peek a batch, send it, and
-        once it is acknowledged discard exactly what was sent. One lock per call."""
+        once it is acknowledged discard exactly what was sent. One lock per call.
+        ``held_only``: only the items held back (:meth:`hold`), for :meth:`release_through`."""
         if max_items < 0 or after_id < 0 or (max_bytes is not None and max_bytes < 0):
             raise ValueError("max_items, after_id and max_bytes must be >= 0")
         if max_items == 0:
@@ -679,7 +695,7 @@ class Queue:
         buf = Buf(max(min(limit, _BUF_SIZE), 1))
         while len(out) < max_items:
             want = min(size, max_items - len(out))
-            rc = engine.peek_many(buf, batch, want)
+            rc = engine.peek_many(buf, batch, want, E.PEEK_HELD if held_only else 0)
             if rc == _E_BUFSMALL:
                 if max_bytes is not None:
                     if out:
@@ -704,6 +720,22 @@ class Queue:
                 if limit < buf.size:
                     buf = Buf(limit)
         return out
+
+    def hold(self, on: bool = True) -> None:
+        """Hold back the items added from now on (``on``), or stop holding and release every
+        held item. A held item counts in ``len()`` but no fetch takes it — nor any item
+        behind it: order is kept — until :meth:`release_through` releases it. A mirror
+        forwarder holds its queue so it sees every local add before any consumer does
+        (:meth:`peek_records` with ``held_only``, send, release). The setting lives in the
+        segment: it outlives the process that set it."""
+        self._h().set_hold(on)
+
+    def release_through(self, last_id: int) -> int:
+        """Release the held items whose id is <= ``last_id``; returns how many. Fetchers
+        waiting for them are woken and doorbells ring."""
+        if last_id < 0:
+            raise ValueError("last_id must be >= 0")
+        return self._h().release_through(last_id)
 
     def discard_through(self, last_id: int) -> int:
         """Remove the items at the head whose id is <= ``last_id`` (stopping at the first
@@ -824,12 +856,13 @@ class Queue:
             bell.ring_self()
         return bell.fileno()
 
-    def arm(self) -> bool:
+    def arm(self, *, held: bool = False) -> bool:
         """Re-arm the doorbell of :meth:`fileno` (see its protocol). Returns True when the
-        queue has items now (the descriptor is then readable at once), False when the next
-        add will ring it."""
+        queue has items a fetch would take now (``held``: items held back, for a mirror
+        forwarder) — the descriptor is then readable at once — and False when the next add
+        will ring it."""
         bell = self._bell_here()
-        if bell.arm(self._h()):
+        if bell.arm(self._h(), held=held):
             bell.ring_self()
             return True
         return False

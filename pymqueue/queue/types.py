@@ -93,6 +93,8 @@ class QueueStats:
     putters_waiting: int
     bells: int  # doorbells registered (``Queue.fileno()``), dead owners' included
     bells_armed: int  # doorbells waiting for the next add
+    held: int = 0  # items held back until a forwarder releases them (``Queue.hold``)
+    hold: int = 0  # 1: items added now are held
 
 
 class Serializer(Protocol):
