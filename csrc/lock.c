@@ -31,6 +31,12 @@ void pmq_set_lock_timeout(int64_t timeout_ns) {
 
 int64_t pmq_get_lock_timeout(void) { return __atomic_load_n(&lock_timeout_ns, __ATOMIC_RELAXED); }
 
+static int64_t lock_slice_ns = 0;
+
+void pmq_set_lock_slice(int64_t ns) {
+    __atomic_store_n(&lock_slice_ns, ns > 0 ? ns : 0, __ATOMIC_RELAXED);
+}
+
 void pmq_test_crash_at(int point) { pmq_crash_point = point; }
 
 void pmq_crash_check(int point) {
@@ -162,6 +168,8 @@ int pmq_lock(pmq_queue *q, const pmq_call *c) {
 
     int64_t now = pmq_now_ns();
     int64_t budget = pmq_get_lock_timeout();
+    int64_t slice = __atomic_load_n(&lock_slice_ns, __ATOMIC_RELAXED);
+    if (c == NULL && slice > 0 && slice < budget) budget = slice;
     if (c != NULL && !c->forever) {
         int64_t left = c->end - now;
         if (left < PMQ_LOCK_FLOOR_NS) left = PMQ_LOCK_FLOOR_NS;

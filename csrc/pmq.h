@@ -200,6 +200,11 @@ int pmq_unfinished(pmq_queue *q, uint64_t *out);
 /* How long a live lock holder may keep others waiting (default 5 s). */
 void pmq_set_lock_timeout(int64_t timeout_ns);
 int64_t pmq_get_lock_timeout(void);
+/* Calls that only need the lock (no deadline of their own: counts, stats, peeks, doorbell
+ * arming, task_done, releases) give up after this slice with PMQ_E_LOCKTIMEOUT instead of
+ * the whole lock timeout (0, the default: no slice), so that a caller can run signal
+ * handlers between tries and stop trying at the lock timeout itself (the Python facade). */
+void pmq_set_lock_slice(int64_t ns);
 
 /* How long a waiter spins (watching for the change it waits for) before it sleeps:
  * the process default, read when a handle is opened, and one handle's. 0 = never spin. */

@@ -388,7 +388,7 @@ class Handle:
     def stats(self) -> dict[str, int]:
         """``pmq_get_stats``: the counters, read under the lock."""
         st = ffi.new("pmq_stats *")
-        rc = lib.pmq_get_stats(self.ptr, st)
+        rc = lock_loop(lambda: lib.pmq_get_stats(self.ptr, st))
         if rc != OK:
             raise_for(rc, self.name)
         return {f: int(getattr(st, f)) for f in _STATS_FIELDS}
@@ -396,7 +396,7 @@ class Handle:
     def count(self) -> int:
         """``pmq_count``: the number of items now."""
         out = ffi.new("uint64_t *")
-        rc = lib.pmq_count(self.ptr, out)
+        rc = lock_loop(lambda: lib.pmq_count(self.ptr, out))
         if rc != OK:
             raise_for(rc, self.name)
         return int(out[0])
@@ -407,14 +407,14 @@ class Handle:
 
     def set_hold(self, on: bool) -> None:
         """``pmq_set_hold``: hold the items added from now on, or stop and release all."""
-        rc = lib.pmq_set_hold(self.ptr, 1 if on else 0)
+        rc = lock_loop(lambda: lib.pmq_set_hold(self.ptr, 1 if on else 0))
         if rc != OK:
             raise_for(rc, self.name)
 
     def release_through(self, last_id: int) -> int:
         """``pmq_release_through``: release the held items with id <= ``last_id``."""
         out = ffi.new("uint64_t *")
-        rc = lib.pmq_release_through(self.ptr, last_id, out)
+        rc = lock_loop(lambda: lib.pmq_release_through(self.ptr, last_id, out))
         if rc != OK:
             raise_for(rc, self.name)
         return int(out[0])
@@ -422,7 +422,7 @@ class Handle:
     def discard_through(self, last_id: int) -> int:
         """``pmq_discard_through``: remove the head's items with id <= ``last_id``."""
         out = ffi.new("uint64_t *")
-        rc = lib.pmq_discard_through(self.ptr, last_id, out)
+        rc = lock_loop(lambda: lib.pmq_discard_through(self.ptr, last_id, out))
         if rc != OK:
             raise_for(rc, self.name)
         return int(out[0])
@@ -451,19 +451,20 @@ class Handle:
     def peek_many(self, buf: Buf, batch: Batch, want: int, only: int = 0) -> int:
         """``pmq_peek_many``: up to ``want`` items after ``batch``'s cursor, not removed
         (``only``: ``PMQ_PEEK_HELD`` for the held ones alone)."""
-        rc: int = lib.pmq_peek_many(
-            self.ptr,
-            buf.cdata,
-            buf.size,
-            batch.clens,
-            batch.cids,
-            want,
-            only,
-            batch.cursor_pos,
-            batch.cursor_id,
-            batch.got,
+        return lock_loop(
+            lambda: lib.pmq_peek_many(
+                self.ptr,
+                buf.cdata,
+                buf.size,
+                batch.clens,
+                batch.cids,
+                want,
+                only,
+                batch.cursor_pos,
+                batch.cursor_id,
+                batch.got,
+            )
         )
-        return rc
 
     def wait(self, readable: bool, need: int, ns: int) -> int:
         """``pmq_wait``: until the queue has an item (``readable``) or room for an item of
@@ -485,12 +486,12 @@ class Handle:
 
     def note_rejected(self, n: int) -> None:
         """``pmq_note_rejected``: count ``n`` items a blocked add gave up on."""
-        lib.pmq_note_rejected(self.ptr, n)
+        lock_loop(lambda: lib.pmq_note_rejected(self.ptr, n))
 
     def task_done(self, n: int) -> None:
         """``pmq_task_done``: mark ``n`` items done (:class:`TaskDoneError` if fewer are
         unfinished; nothing changes then)."""
-        rc = lib.pmq_task_done(self.ptr, n)
+        rc = lock_loop(lambda: lib.pmq_task_done(self.ptr, n))
         if rc != OK:
             raise_for(rc, self.name)
 
@@ -503,7 +504,7 @@ class Handle:
     def unfinished(self) -> int:
         """``pmq_unfinished``: items put and not yet done, dropped or replaced."""
         out = ffi.new("uint64_t *")
-        rc = lib.pmq_unfinished(self.ptr, out)
+        rc = lock_loop(lambda: lib.pmq_unfinished(self.ptr, out))
         if rc != OK:
             raise_for(rc, self.name)
         return int(out[0])
@@ -512,7 +513,7 @@ class Handle:
         """``pmq_bell_register``: the slot of the doorbell bound to :func:`bell_name`
         (``token``); raises :class:`~pymqueue.errors.BellTableFull` when none is free."""
         slot = ffi.new("uint32_t *")
-        rc = lib.pmq_bell_register(self.ptr, token, slot)
+        rc = lock_loop(lambda: lib.pmq_bell_register(self.ptr, token, slot))
         if rc == E_FULL:
             raise errors.BellTableFull(
                 f"queue {self.name!r}: all {BELLS} doorbells are taken by live processes",
@@ -525,14 +526,14 @@ class Handle:
     def bell_arm(self, slot: int, token: int) -> int:
         """``pmq_bell_arm``: OK (armed), READY (items now, not armed) or E_INVAL (the slot
         was freed: register again); other codes raise."""
-        rc: int = lib.pmq_bell_arm(self.ptr, slot, token)
+        rc = lock_loop(lambda: lib.pmq_bell_arm(self.ptr, slot, token))
         if rc not in (OK, READY, E_INVAL):
             raise_for(rc, self.name)
         return rc
 
     def bell_arm_held(self, slot: int, token: int) -> int:
         """``pmq_bell_arm_held``: like :meth:`bell_arm`, READY when items are held now."""
-        rc: int = lib.pmq_bell_arm_held(self.ptr, slot, token)
+        rc = lock_loop(lambda: lib.pmq_bell_arm_held(self.ptr, slot, token))
         if rc not in (OK, READY, E_INVAL):
             raise_for(rc, self.name)
         return rc
@@ -540,7 +541,7 @@ class Handle:
     def bell_unregister(self, slot: int, token: int) -> None:
         """``pmq_bell_unregister``: free the slot if it still holds ``token``. Never raises:
         a slot left behind is freed by the first ring or probe that finds its socket gone."""
-        lib.pmq_bell_unregister(self.ptr, slot, token)
+        lock_loop(lambda: lib.pmq_bell_unregister(self.ptr, slot, token))
 
 
 def bell_name(token: int) -> bytes:
@@ -561,6 +562,21 @@ def unlink(shm: bytes, name: str) -> bool:
 
 
 # ---- waits ------------------------------------------------------------------------------
+
+
+# Calls that only need the lock give up after a slice in C, so that Python runs signal
+# handlers between tries (Ctrl-C reaches them too); lock_loop tries again up to the lock
+# timeout. A C caller that never sets the slice keeps waiting the whole lock timeout.
+lib.pmq_set_lock_slice(SLICE_NS)
+
+
+def lock_loop(call: Callable[[], int]) -> int:
+    """Run ``call`` (a C call that only takes the lock) until it gets the lock or the lock
+    has stayed out of reach for the process lock timeout (``PMQ_E_LOCKTIMEOUT``)."""
+    rc = call()
+    if rc == E_LOCKTIMEOUT:
+        rc = wait_loop(lambda _ns: call(), 0, None)
+    return rc
 
 
 def wait_loop(call: Callable[..., int], timeout: float | None, give_up: int | None) -> int:

@@ -83,7 +83,21 @@ def test_an_unbounded_call_gives_up_after_the_lock_timeout_set_in_python(
         assert q.fetch() == (b"k", b"v")
 
 
-def test_ctrl_c_ends_an_unbounded_wait_while_a_stopped_process_holds_the_lock() -> None:
+@pytest.mark.parametrize(
+    "call",
+    [
+        "q.get()",
+        # calls that only need the lock: with a 10-minute lock timeout, only Ctrl-C ends them
+        "len(q)",
+        "q.stats()",
+        "q.peek_many(3)",
+        "q.peek_records(3)",
+        "q.discard_through(1)",
+        "q.release_through(1)",
+        "q.fileno()",  # registers and arms the doorbell
+    ],
+)
+def test_ctrl_c_ends_an_unbounded_wait_while_a_stopped_process_holds_the_lock(call: str) -> None:
     with fresh_queue() as q:
         ctx = mp.get_context("fork")
         r, w = ctx.Pipe(duplex=False)
@@ -95,10 +109,11 @@ def test_ctrl_c_ends_an_unbounded_wait_while_a_stopped_process_holds_the_lock() 
             wait_until(lambda: stopped(holder.pid), "the holder stopped")
             code = (
                 "import sys, pymqueue\n"
+                "pymqueue.set_lock_timeout(600)\n"
                 f"q = pymqueue.Queue({q.name!r}, create=False)\n"
                 "print('waiting', flush=True)\n"
                 "try:\n"
-                "    q.get()\n"
+                f"    {call}\n"
                 "except KeyboardInterrupt:\n"
                 "    print('interrupted', flush=True)\n"
             )
@@ -110,7 +125,7 @@ def test_ctrl_c_ends_an_unbounded_wait_while_a_stopped_process_holds_the_lock() 
             pid = child.pid
             wait_until(lambda: asleep_in_futex(pid), "the child waits for the lock")
             child.send_signal(signal.SIGINT)
-            out, _ = child.communicate(timeout=3)  # well before the 5 s lock timeout
+            out, _ = child.communicate(timeout=30)  # long before the 600 s lock timeout
             assert out.strip() == "interrupted"
         finally:
             if child is not None and child.poll() is None:
