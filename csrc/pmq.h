@@ -93,6 +93,7 @@ typedef struct pmq_stats {
     uint64_t recoveries;  /* lock recoveries after a holder died */
     uint64_t next_id;
     uint64_t held;            /* live items held back (pmq_set_hold) */
+    uint64_t unfinished;      /* added and not yet done (pmq_task_done), dropped or replaced */
     uint32_t hold;            /* 1: items added now are held */
     uint32_t getters_waiting; /* 1: a fetcher may be asleep waiting for items (a hint) */
     uint32_t putters_waiting; /* 1: a putter may be asleep waiting for room (a hint) */

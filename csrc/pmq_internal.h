@@ -236,6 +236,8 @@ uint32_t pmq_bells_count(const pmq_queue *q, uint32_t *armed);
 /* wait.c, for tasks.c: the eventcount of join() waiters (tasks_seq / tasks_sleep).
  * pmq_signal_tasks: under the lock, after publishing a count of 0; 1 if a wake is owed. */
 int pmq_signal_tasks(pmq_queue *q);
+/* added - dropped - replaced - tasks_done of s (0 if the counters do not add up). */
+uint64_t pmq_unfinished_of(const pmq_state *s);
 void pmq_wake_tasks(pmq_queue *q);
 uint32_t pmq_tasks_seen(const pmq_queue *q);
 int pmq_wait_tasks(pmq_queue *q, uint32_t seen, const pmq_call *c);

@@ -730,6 +730,7 @@ int pmq_get_stats(pmq_queue *q, pmq_stats *out) {
     out->next_id = s->next_id;
     out->held = s->held;
     out->hold = (uint32_t)s->hold;
+    out->unfinished = pmq_unfinished_of(s);
     out->getters_waiting = __atomic_load_n(&q->h->items_sleep, __ATOMIC_RELAXED);
     out->putters_waiting = __atomic_load_n(&q->h->room_sleep, __ATOMIC_RELAXED);
     out->bells = pmq_bells_count(q, &out->bells_armed);

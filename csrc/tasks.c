@@ -17,7 +17,7 @@
 #include "pmq_internal.h"
 
 /* The counters come from shared memory: a sum that overflows reads as nothing unfinished. */
-static uint64_t unfinished(const pmq_state *s) {
+uint64_t pmq_unfinished_of(const pmq_state *s) {
     uint64_t done;
     if (__builtin_add_overflow(s->dropped, s->replaced, &done) ||
         __builtin_add_overflow(done, s->tasks_done, &done))
@@ -28,14 +28,14 @@ static uint64_t unfinished(const pmq_state *s) {
 int pmq_task_done(pmq_queue *q, uint64_t n) {
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
-    if (unfinished(pmq_published(q)) < n) {
+    if (pmq_unfinished_of(pmq_published(q)) < n) {
         pmq_unlock(q);
         return PMQ_E_NOTASK;
     }
     pmq_state *w = pmq_begin(q);
     w->tasks_done += n;
     pmq_commit(q);
-    int owed = n > 0 && unfinished(w) == 0 && pmq_signal_tasks(q);
+    int owed = n > 0 && pmq_unfinished_of(w) == 0 && pmq_signal_tasks(q);
     pmq_unlock(q);
     if (owed) pmq_wake_tasks(q);
     return PMQ_OK;
@@ -47,7 +47,7 @@ int pmq_join(pmq_queue *q, int64_t timeout_ns) {
     for (;;) {
         int rc = pmq_lock(q, &c);
         if (rc != PMQ_OK) return rc;
-        if (unfinished(pmq_published(q)) == 0) {
+        if (pmq_unfinished_of(pmq_published(q)) == 0) {
             pmq_unlock(q);
             return PMQ_OK;
         }
@@ -64,7 +64,7 @@ int pmq_join(pmq_queue *q, int64_t timeout_ns) {
 int pmq_unfinished(pmq_queue *q, uint64_t *out) {
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
-    *out = unfinished(pmq_published(q));
+    *out = pmq_unfinished_of(pmq_published(q));
     pmq_unlock(q);
     return PMQ_OK;
 }

@@ -107,6 +107,7 @@ _STATS_FIELDS = (
     "bells_armed",
     "held",
     "hold",
+    "unfinished",
 )
 
 

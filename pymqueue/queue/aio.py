@@ -26,6 +26,7 @@ from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import DUPLICATE as _DUPLICATE
 from pymqueue.queue._engine import E_FULL as _E_FULL
 from pymqueue.queue._engine import OK as _OK
+from pymqueue.queue.mp import join_queue
 from pymqueue.queue.sync import Queue
 from pymqueue.queue.types import Overflow, QueueStats
 
@@ -209,6 +210,26 @@ class AsyncQueue:
     async def put_many(self, objs: Iterable[Any], timeout: float | None = None) -> int:
         dumps = self._queue._serializer.dumps
         return await self.add_many([(b"", dumps(o)) for o in objs], timeout)
+
+    def task_done(self) -> None:
+        """Mark one item done, as ``asyncio.Queue.task_done`` (the count is the queue's, in
+        shared memory: see :class:`~pymqueue.JoinableQueue`). :class:`~pymqueue.TaskDoneError`
+        (also ``ValueError``) when called more times than items were added."""
+        self._queue._h().task_done(1)
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until every item added (by any process) has been marked done, or dropped or
+        replaced by the engine; False if some are still unfinished at ``timeout`` (None:
+        for ever). A worker thread waits in short slices, so cancelling returns at once and
+        leaves the thread at most one slice."""
+        deadline = self._deadline(timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if await loop.run_in_executor(None, join_queue, self._queue, max(remaining, 0.0)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def size(self) -> int:
         return self._queue.size()

@@ -12,7 +12,21 @@ from pymqueue.queue import _engine as E
 from pymqueue.queue._engine import wait_loop
 from pymqueue.queue.sync import Queue
 
-__all__ = ["JoinableQueue", "SimpleQueue"]
+__all__ = ["JoinableQueue", "SimpleQueue", "join_queue"]
+
+
+def join_queue(queue: Queue, timeout: float | None = None) -> bool:
+    """Wait until every item added to ``queue`` has been marked done (``task_done``), or
+    dropped or replaced by the engine; False if some are still unfinished at ``timeout``
+    (None: for ever, interruptible with Ctrl-C). Any queue keeps the count;
+    :class:`JoinableQueue` and :class:`~pymqueue.AsyncQueue` expose it."""
+    engine = queue._h()
+    rc = wait_loop(engine.join, timeout, E.E_PENDING)
+    if rc == E.OK:
+        return True
+    if rc == E.E_PENDING:
+        return False
+    queue._fail(rc)
 
 
 class JoinableQueue(Queue):
@@ -36,13 +50,7 @@ class JoinableQueue(Queue):
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every item put has been marked done (None: for ever, interruptible
         with Ctrl-C). Returns False if some are still unfinished at ``timeout``."""
-        engine = self._h()
-        rc = wait_loop(engine.join, timeout, E.E_PENDING)
-        if rc == E.OK:
-            return True
-        if rc == E.E_PENDING:
-            return False
-        self._fail(rc)
+        return join_queue(self, timeout)
 
     def unfinished(self) -> int:
         """Items put and not yet marked done (nor dropped or replaced), read under the lock."""

@@ -95,6 +95,7 @@ class QueueStats:
     bells_armed: int  # doorbells waiting for the next add
     held: int = 0  # items held back until a forwarder releases them (``Queue.hold``)
     hold: int = 0  # 1: items added now are held
+    unfinished: int = 0  # added and not yet marked done (``task_done``), dropped or replaced
 
 
 class Serializer(Protocol):
