@@ -37,7 +37,9 @@ RECEIVE_CFG = SNIPPETS / "dqueue-receive.cfg"
 # what a deployment adds around the snippets (docs/dmq.md shows the same lines), plus a test
 # driver: "send" and "fetch" requests
 SCRIPT = """
-max_while_loops=2000
+max_while_loops=1000
+pv_buffer_size=65536
+#!define DQ_MAX_ITEMS 500
 modparam("tm", "fr_timer", 2000)
 modparam("dmq", "server_address", "sip:127.0.0.1:@SIP_PORT@")
 modparam("dmq", "num_workers", 1)
@@ -372,3 +374,33 @@ def test_receive_snippet_unknown_queue_and_empty(node: tuple[Kamailio, BusThread
     r = send_json(f, kam, {"queue": "jobs", "items": []})
     assert (r.code, json.loads(r.body)) == (200, {"applied": 0, "duplicates": 0})
     assert size(kam, "jobs") == 0
+
+
+def test_big_messages_both_ways(node: tuple[Kamailio, BusThread]) -> None:
+    """Bodies well over 5.6.3's default pv_buffer_size (8192), which the snippets raise."""
+    kam, f = node
+    got: queue.Queue[IncomingRequest] = queue.Queue()
+    f.register("mqueue", lambda req: got.put(req))
+    big: list[Item] = [(f"k{i}", f"{i:04d}" + "\u00e9" * 248, str(i)) for i in range(40)]
+    reply = kam_send(kam, str(f.local), "jobs", big)
+    assert reply.status == 200, reply
+    req = got.get(timeout=10)
+    assert len(req.body) > 20000
+    assert json.loads(req.body)["items"] == [{"id": i, "key": k, "value": v} for k, v, i in big]
+
+    # 500 items (DQ_MAX_ITEMS here) in one ~50 kB message: all added, in order
+    items = [{"id": str(i), "key": f"k{i}", "value": f"v{i:05d}" + "x" * 40} for i in range(500)]
+    doc = {"queue": "other", "items": items, "origin": str(f.local), "epoch": "01"}
+    body = json.dumps(doc)
+    assert 40000 < len(body) <= 60000
+    r = send_json(f, kam, body)
+    assert (r.code, json.loads(r.body)) == (200, {"applied": 500, "duplicates": 0})
+    assert kam_fetch_all(kam, "other") == [
+        (it["key"].encode(), it["value"].encode()) for it in items
+    ]  # fmt: skip
+
+    # one more than DQ_MAX_ITEMS: refused, nothing added
+    items.append({"key": "one", "value": "more"})
+    r = send_json(f, kam, {"queue": "other", "items": items})
+    assert (r.code, r.reason) == (400, "Malformed body: too many items")
+    assert size(kam, "other") == 0
