@@ -74,6 +74,10 @@ request_route {
 # test driver: X-Node, X-Q (hex), X-K / X-V / X-Id repeated per item (hex, "-" = empty;
 # X-Id "none" = no id) -> one message through the send snippet
 route[T_SEND] {
+	$var(dq_max) = 0;
+	if ($hdr(X-Max) != $null) {
+		$var(dq_max) = $(hdr(X-Max){s.int});
+	}
 	$var(dq_queue) = $(hdr(X-Q){s.decode.hexa});
 	route(DQ_NEW);
 	$var(t_i) = 0;
@@ -113,7 +117,9 @@ route[T_SEND] {
 route[T_FETCH] {
 	$var(t_q) = $(hdr(X-Q){s.decode.hexa});
 	while (mq_fetch("$var(t_q)")) {
-		append_to_reply("X-Item: $(mqk($var(t_q)){s.encode.hexa}):$(mqv($var(t_q)){s.encode.hexa})\\r\\n");
+		$var(t_k) = $(mqk($var(t_q)){s.encode.hexa});
+		$var(t_v) = $(mqv($var(t_q)){s.encode.hexa});
+		append_to_reply("X-Item: $var(t_k):$var(t_v)\\r\\n");
 	}
 	sl_send_reply("200", "Fetched");
 	exit;
@@ -142,9 +148,14 @@ def _hex(b: str | bytes) -> str:
 Item = tuple[str | bytes, str | bytes, str | None]
 
 
-def kam_send(kam: Kamailio, node: str, q: str | bytes, items: Sequence[Item]) -> SipReply:
-    """Run the send snippet on K: one message with ``items`` (key, value, id or None)."""
+def kam_send(
+    kam: Kamailio, node: str, q: str | bytes, items: Sequence[Item], max_size: int | None = None
+) -> SipReply:
+    """Run the send snippet on K: one message with ``items`` (key, value, id or None);
+    ``max_size``: ``$var(dq_max)``."""
     hdrs = [("X-Node", node), ("X-Q", _hex(q))]
+    if max_size is not None:
+        hdrs.append(("X-Max", str(max_size)))
     for k, v, i in items:
         hdrs += [("X-K", _hex(k)), ("X-V", _hex(v)), ("X-Id", "none" if i is None else _hex(i))]
     return kam.sip_request("MESSAGE", hdrs, ruri=f"sip:send@127.0.0.1:{kam.sip_port}")
@@ -161,6 +172,10 @@ def kam_fetch_all(kam: Kamailio, q: str | bytes) -> list[tuple[bytes, bytes]]:
         k, _, v = h.partition(":")
         out.append((bytes.fromhex(k), bytes.fromhex(v)))
     return out
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
 
 
 def size(kam: Kamailio, q: str) -> int:
@@ -201,7 +216,7 @@ def test_send_snippet_reaches_pymqueue(node: tuple[Kamailio, BusThread]) -> None
         ("h\u00e9 \u2603", "\U0001f600 \u00fc\u00df \u4e2d\u6587", "3"),
         ("ctl\t", "line1\nline2\r\n\x01\x1f", "4"),
         ("", "", "5"),  # empty key and value
-        ("</>", "{\"not\": [\"json\"]}", "6"),
+        ("</>", '{"not": ["json"]}', "6"),
     ]
     reply = kam_send(kam, str(f.local), "jobs", items)
     assert reply.status == 200, reply
@@ -225,7 +240,7 @@ def test_send_snippet_reaches_pymqueue(node: tuple[Kamailio, BusThread]) -> None
 def test_send_snippet_base64_fallback(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
     got: queue.Queue[IncomingRequest] = queue.Queue()
-    f.register("mqueue", lambda req: got.put(req))
+    f.register("mqueue", got.put)
     items: list[Item] = [
         (b"\xff\xfe", b"ok", "1"),  # key not UTF-8
         (b"text", b"nul\x00inside", "2"),  # jansson would cut at the NUL
@@ -244,6 +259,21 @@ def test_send_snippet_base64_fallback(node: tuple[Kamailio, BusThread]) -> None:
     }  # fmt: skip
     assert it[2] == {"key_b64": "ww==", "value_b64": base64.b64encode(b"\x80\x81").decode()}
     assert it[3] == {"id": "3", "key": "fine", "value": "\u00e9"}
+
+
+def test_send_snippet_size_cap(node: tuple[Kamailio, BusThread]) -> None:
+    kam, f = node
+    got: queue.Queue[IncomingRequest] = queue.Queue()
+    f.register("mqueue", got.put)
+    # {"items":[],"queue":"jobs"} is 27 bytes, each item {"id":"1","key":"k","value":"v"}
+    # 32 + a comma
+    one: list[Item] = [("k", "v", "1")]
+    assert kam_send(kam, str(f.local), "jobs", one * 2, max_size=27 + 33 * 2).status == 200
+    body = got.get(timeout=10).body
+    assert len(body) == 27 + 33 * 2 - 1  # no comma after the last item
+    reply = kam_send(kam, str(f.local), "jobs", one * 3, max_size=27 + 33 * 2)
+    assert (reply.status, reply.reason) == (500, "DQ_ADD failed -2")
+    assert got.empty()
 
 
 def test_send_snippet_unknown_node(node: tuple[Kamailio, BusThread]) -> None:
@@ -280,7 +310,6 @@ def test_receive_snippet_adds_items(node: tuple[Kamailio, BusThread]) -> None:
 
 def test_receive_snippet_base64_and_binary(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     items = [
         {"id": "1", "key_b64": b64(b"\xff\x00k"), "value_b64": b64(b"v\x00\xfe")},
         {"id": "2", "key": "text", "value_b64": b64(b"\x80")},
@@ -307,7 +336,7 @@ def test_receive_snippet_duplicates(node: tuple[Kamailio, BusThread]) -> None:
     r = send_json(f, kam, {**base, "items": first})
     assert json.loads(r.body) == {"applied": 3, "duplicates": 0}
     # a re-send after a timeout: the same ids plus new ones -> only the new ones added
-    again = first + [{"id": "4", "key": "k4", "value": "v4"}, {"key": "noid", "value": "n"}]
+    again = [*first, {"id": "4", "key": "k4", "value": "v4"}, {"key": "noid", "value": "n"}]
     r = send_json(f, kam, {**base, "items": again})
     assert json.loads(r.body) == {"applied": 2, "duplicates": 3}
     # another epoch (the queue was recreated) or another origin: new items
@@ -380,7 +409,7 @@ def test_big_messages_both_ways(node: tuple[Kamailio, BusThread]) -> None:
     """Bodies well over 5.6.3's default pv_buffer_size (8192), which the snippets raise."""
     kam, f = node
     got: queue.Queue[IncomingRequest] = queue.Queue()
-    f.register("mqueue", lambda req: got.put(req))
+    f.register("mqueue", got.put)
     big: list[Item] = [(f"k{i}", f"{i:04d}" + "\u00e9" * 248, str(i)) for i in range(40)]
     reply = kam_send(kam, str(f.local), "jobs", big)
     assert reply.status == 200, reply
