@@ -117,8 +117,14 @@ route[T_SEND] {
 route[T_FETCH] {
 	$var(t_q) = $(hdr(X-Q){s.decode.hexa});
 	while (mq_fetch("$var(t_q)")) {
-		$var(t_k) = $(mqk($var(t_q)){s.encode.hexa});
-		$var(t_v) = $(mqv($var(t_q)){s.encode.hexa});
+		$var(t_k) = "";
+		$var(t_v) = "";
+		if ($mqk($var(t_q)) != $null) {
+			$var(t_k) = $(mqk($var(t_q)){s.encode.hexa});
+		}
+		if ($mqv($var(t_q)) != $null) {
+			$var(t_v) = $(mqv($var(t_q)){s.encode.hexa});
+		}
 		append_to_reply("X-Item: $var(t_k):$var(t_v)\\r\\n");
 	}
 	sl_send_reply("200", "Fetched");
