@@ -35,8 +35,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from dmq_helpers import udp_port, uri
-from fix_kamailio import Kamailio, KamailioFactory, base_config
-from fix_kamailio import kamailio, kamailio_bin  # noqa: F401 - fixtures
+from fix_kamailio import (  # noqa: F401 - kamailio, kamailio_bin: fixtures
+    Kamailio,
+    KamailioFactory,
+    base_config,
+    kamailio,
+    kamailio_bin,
+)
 
 from pymqueue.dmq import BusThread, IncomingRequest, NodeStatus
 
@@ -131,7 +136,8 @@ def test_receive_rate(setup: tuple[Kamailio, BusThread]) -> None:
     ku = f"sip:127.0.0.1:{kam.sip_port}"
     _header()
     print(
-        "| value | items/message | body bytes | snippet ms (items/s) | per-field jansson_get ms (items/s) |"
+        "| value | items/message | body bytes | snippet ms (items/s) "
+        "| per-field jansson_get ms (items/s) |"
     )
     print("|---|---|---|---|---|")
     ids = iter(range(1, 10**9))
