@@ -136,8 +136,13 @@ MODULES = ["tm", "dmq", "textops", "htable", "jansson", "mqueue"]
 BUS = {"ping_interval": 5.0, "fr_timer": 2.0}
 
 
-def dqueue_config() -> str:
+def dqueue_config(max_while_loops: int | None = 1000) -> str:
+    """The config above; ``max_while_loops=None``: Kamailio's default (100)."""
     text = SCRIPT.replace("@RECEIVE@", str(RECEIVE_CFG)).replace("@SEND@", str(SEND_CFG))
+    if max_while_loops is None:
+        text = text.replace("max_while_loops=1000\n", "")
+    else:
+        text = text.replace("max_while_loops=1000\n", f"max_while_loops={max_while_loops}\n")
     return base_config(text, modules=MODULES)
 
 
@@ -439,3 +444,19 @@ def test_big_messages_both_ways(node: tuple[Kamailio, BusThread]) -> None:
     r = send_json(f, kam, {"queue": "other", "items": items})
     assert (r.code, r.reason) == (400, "Malformed body: too many items")
     assert size(kam, "other") == 0
+
+
+def test_receive_snippet_loop_limit(kamailio: KamailioFactory) -> None:
+    """5.6.3 cuts a while loop at max_while_loops (default 100) and runs on after it; the
+    snippet notices and answers 500 with nothing added instead of a 200 for part of it."""
+    kam = kamailio.start(dqueue_config(max_while_loops=None))
+    with BusThread(uri(udp_port()), kuri(kam), **BUS) as f:
+        assert f.wait_status(kuri(kam), NodeStatus.ACTIVE, timeout=10) is NodeStatus.ACTIVE
+        items = [{"id": str(i), "key": f"k{i}", "value": "v"} for i in range(101)]
+        r = send_json(f, kam, {"queue": "jobs", "items": items})
+        assert (r.code, r.reason) == (500, "max_while_loops below the number of items")
+        assert size(kam, "jobs") == 0
+        r = send_json(f, kam, {"queue": "jobs", "items": items[:100]})
+        assert (r.code, json.loads(r.body)) == (200, {"applied": 100, "duplicates": 0})
+        assert size(kam, "jobs") == 100
+    assert "runaway while" in kam.log()
