@@ -407,6 +407,19 @@ def test_receive_snippet_malformed(node: tuple[Kamailio, BusThread], body: bytes
     assert size(kam, "other") == 0
 
 
+def test_receive_snippet_membership(node: tuple[Kamailio, BusThread]) -> None:
+    kam, f = node
+    r = send_json(f, kam, {"carries": ["jobs", "other"]})
+    assert (r.code, r.content_type, json.loads(r.body)) == (
+        200,
+        "application/json",
+        {"carries": []},
+    )
+    r = send_json(f, kam, {"carries": "jobs"})  # not an array
+    assert (r.code, r.reason) == (400, "Malformed body: not JSON or no items array")
+    assert size(kam, "jobs") == 0
+
+
 def test_receive_snippet_unknown_queue_and_empty(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
     r = send_json(f, kam, {"queue": "nope", "items": [{"key": "k", "value": "v"}]})
