@@ -14,7 +14,6 @@ import threading
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from typing import Any, NoReturn
 
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
@@ -23,6 +22,7 @@ from pymqueue.queue import _engine as E
 from pymqueue.queue import _private
 from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import Batch, Buf, Handle, Trust, wait_loop
+from pymqueue.queue.batch import ItemBatch
 from pymqueue.queue.types import (
     DEFAULT_CAPACITY,
     PICKLE,
@@ -38,6 +38,7 @@ __all__ = ["Queue", "list_queues", "unlink"]
 _pmq_add = E.pmq_add
 _pmq_fetch = E.pmq_fetch
 _pmq_try_fetch = E.pmq_try_fetch
+_fetch_chunk = E.fetch_chunk
 _LEN_MASK = E.LEN_MASK
 _OK = E.OK
 _DUPLICATE = E.DUPLICATE
@@ -127,28 +128,45 @@ def _mp_settings(maxsize: int | None, size: int | None, policy: object) -> tuple
     return max(maxsize or 0, 0), Overflow.BLOCK
 
 
-_PAIR = frozenset((2,))
+def _split(pairs: list[Any]) -> tuple[array[int], bytes, bytes] | None:
+    """(key and value lengths in order, the keys joined, the values joined) of ``pairs``
+    when they are pairs of bytes (the usual case), with C-level loops only: ``zip`` checks
+    that every item is a pair and splits keys from values; None for anything else."""
+    try:
+        keys, values = zip(*pairs, strict=True)
+        klens = array("I", map(len, keys))
+        vlens = array("I", map(len, values))
+        kdata = b"".join(keys)  # TypeError for str
+        vdata = b"".join(values)
+    except (TypeError, ValueError):  # not pairs, str, an item without len()
+        return None
+    lens = array("I", bytes(8 * len(klens)))
+    lens[0::2] = klens
+    lens[1::2] = vlens
+    return lens, kdata, vdata
 
 
 def _flatten(items: Iterable[tuple[Key, Key]]) -> tuple[list[bytes], array[int], bytes]:
-    """(keys and values in order, their lengths, their bytes joined) of ``items``, with
-    C-level loops when the items are pairs of bytes (the usual case); otherwise one item at
-    a time, converting str."""
-    pairs = items if type(items) is list else list(items)
-    try:
-        if set(map(len, pairs)) <= _PAIR:
-            parts: list[Any] = list(chain.from_iterable(pairs))
-            lens = array("I", list(map(len, parts)))
-            data = b"".join(parts)  # TypeError for str
-            if sum(lens) == len(data):  # a memoryview of wide items would not add up
-                return parts, lens, data
-    except TypeError:  # str, or an item without len(): converted or refused below
-        pass
+    """(keys and values in order, their lengths, their bytes joined) of ``items``, one item
+    at a time, converting str (what :func:`_split` does not take)."""
     parts = []
-    for key, value in pairs:
+    for key, value in items:
         parts.append(to_bytes(key))
         parts.append(to_bytes(value))
     return parts, array("I", list(map(len, parts))), b"".join(parts)
+
+
+def _interleave(lens: array[int], keys: bytes, values: bytes) -> bytes:
+    """The bytes of :func:`_split`'s keys and values in item order (key, value, …)."""
+    kv, vv = memoryview(keys), memoryview(values)
+    parts: list[memoryview] = []
+    ko = vo = 0
+    for i in range(0, len(lens), 2):
+        a, b = lens[i], lens[i + 1]
+        parts += (kv[ko : ko + a], vv[vo : vo + b])
+        ko += a
+        vo += b
+    return b"".join(parts)
 
 
 class Queue:
@@ -559,12 +577,34 @@ class Queue:
         (stored, or ignored as duplicates by addmode 1). With the reject policy it stops at
         the first that does not fit and raises :class:`Full` (``.done`` tells how many were
         handled before). An item that can never fit refuses the whole batch."""
-        parts, lens, data = _flatten(items)
-        n = len(parts) // 2
+        pairs = items if type(items) is list else list(items)
+        split = _split(pairs)
+        if split is not None:
+            done = self._add_flat(split[0], split[1], timeout, split[2])
+            if done >= 0:
+                return done
+        _, lens, data = _flatten(pairs)
+        return self._add_flat(lens, data, timeout)
+
+    def _add_flat(
+        self, lens: array[int], data: bytes, timeout: float | None, values: bytes | None = None
+    ) -> int:
+        """add_many() of items already flat: key and value lengths, and their bytes in order
+        in ``data`` or (``values`` given) the keys in ``data`` and the values in ``values``;
+        -1 (nothing added) if ``values`` is given and the lengths do not add up to the sizes
+        (``len`` of a memoryview of wide items counts items, not bytes)."""
+        n = len(lens) // 2
         if n == 0:
             return 0
         engine = self._h()
-        rc, total = engine.add_many(lens, data, n, 0)
+        if values is None:
+            rc, total = engine.add_many(lens, data, n, 0)
+        else:
+            rc, total = engine.add_many_split(lens, data, values, n, 0)
+            if rc == E.E_INVAL:  # lengths that are not byte counts (a memoryview of wide items)
+                return -1  # nothing added: the caller converts item by item
+            if rc != _OK:  # what follows resumes within one buffer in item order
+                data = _interleave(lens, data, values)
         if (rc == _E_FULL and self._block and timeout != 0) or rc == _E_LOCKTIMEOUT:
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
@@ -626,6 +666,71 @@ class Queue:
             self._bufs.append(buf)
         return out
 
+    def fetch_batch(self, max_items: int, timeout: float | None = 0) -> ItemBatch:
+        """Like :meth:`fetch_many`, but the items stay in one buffer of their own, copied
+        there by one C call, and are cut out only when asked: an :class:`ItemBatch`
+        (``len``, indexing, iteration over ``(key, value)``; ``values()``/``keys()``/
+        ``items()`` cut all in one call each; ``view(i)`` without copying)."""
+        handle = self._handle
+        if handle is None:
+            raise QueueClosed(f"queue {self._name!r} is closed", self._name)
+        if max_items <= 0:
+            return ItemBatch(b"", array("I"), 0)
+        rc, buf, lens, n = _fetch_chunk(handle, _BUF_SIZE, max_items, 0)
+        if rc == _OK and n == max_items:
+            return ItemBatch(buf, lens, n)
+        return self._fetch_batch_slow(handle, (rc, buf, lens, n), max_items, timeout)
+
+    def _fetch_batch_slow(
+        self,
+        handle: Any,
+        first: tuple[int, Any, array[int], int],
+        max_items: int,
+        timeout: float | None,
+    ) -> ItemBatch:
+        """fetch_batch() after a first call that did not fill the batch: waits (for the first
+        item only), a buffer too small for one item, more calls until empty or full."""
+        chunks: list[tuple[Any, array[int], int]] = []
+        got = 0
+        size = _BUF_SIZE
+        waited = False
+        last = first
+        while True:
+            rc, buf, lens, n = last
+            if rc == _OK:
+                chunks.append((buf, lens, n))
+                got += n
+                if got >= max_items:
+                    break
+            elif rc == _E_BUFSMALL:
+                size = max(lens[0] + lens[1], 2 * size)
+            elif chunks:
+                break  # empty now (or an error after items were taken: return those)
+            elif rc == _E_EMPTY and (timeout == 0 or waited):
+                break
+            elif rc not in (_E_EMPTY, _E_LOCKTIMEOUT) or waited:
+                self._fail(rc)
+            else:
+
+                def call(ns: int, size: int = size, want: int = max_items) -> int:
+                    nonlocal last
+                    last = _fetch_chunk(handle, size, want, ns)
+                    return last[0]
+
+                wait_loop(call, timeout, _E_EMPTY)
+                waited = True
+                continue
+            last = _fetch_chunk(handle, size, max_items - got, 0)
+        if len(chunks) == 1:
+            return ItemBatch(*chunks[0])
+        all_lens: array[int] = array("I")
+        data = []
+        for buf, lens, n in chunks:
+            used = lens[: 2 * n]
+            all_lens.extend(used)
+            data.append(buf[0 : sum(used)])
+        return ItemBatch(b"".join(data), all_lens, got)
+
     def peek_many(self, max_items: int) -> list[tuple[bytes, bytes]]:
         """Up to ``max_items`` of the oldest items, oldest first, WITHOUT removing them.
 
@@ -681,18 +786,27 @@ class Queue:
     def put_many(
         self, objs: Iterable[Any], block: bool = True, timeout: float | None = None
     ) -> int:
-        dumps = self._serializer.dumps
-        return self.add_many(((b"", dumps(o)) for o in objs), timeout=timeout if block else 0)
+        values = list(map(self._serializer.dumps, objs))
+        timeout = timeout if block else 0
+        lens = array("I", bytes(8 * len(values)))  # keys: all empty
+        try:
+            lens[1::2] = array("I", map(len, values))
+            data = b"".join(values)
+        except TypeError:  # a serializer that does not return bytes: converted item by item
+            return self.add_many([(b"", v) for v in values], timeout=timeout)
+        done = self._add_flat(lens, b"", timeout, data)
+        if done < 0:  # a memoryview of wide items
+            return self.add_many([(b"", v) for v in values], timeout=timeout)
+        return done
 
     def get_many(
         self, max_items: int, block: bool = True, timeout: float | None = None
     ) -> list[Any]:
         """Up to ``max_items`` objects, oldest first; :class:`Empty` if none arrives."""
-        items = self.fetch_many(max_items, timeout=timeout if block else 0)
-        if not items:
+        batch = self.fetch_batch(max_items, timeout=timeout if block else 0)
+        if not batch:
             raise Empty(f"queue {self._name!r} is empty", self._name)
-        loads = self._serializer.loads
-        return [loads(v) for _, v in items]
+        return list(map(self._serializer.loads, batch.values()))
 
     def qsize(self) -> int:
         return self.size()
