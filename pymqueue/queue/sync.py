@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
+import struct
 import threading
 import warnings
 from array import array
@@ -48,6 +50,32 @@ _E_BUFSMALL = E.E_BUFSMALL
 _E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
 _BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race for it
+
+#: fetch()'s cut of an item by its shape (``klen << 32 | vlen``, what pmq_try_fetch returns):
+#: a ``struct`` ``"16s64s"`` returns the ``(key, value)`` tuple in one C call, cheaper than
+#: two slices and a tuple (see _cut_miss for shapes without one).
+_CUTS: dict[int, Any] = {}
+_CUTS_MAX = 256
+_cuts_get = _CUTS.get
+_pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+_CUTS_MISSED = [0]  # misses since _CUTS became full
+
+
+def _cut_miss(lens: int) -> None:
+    """fetch() sliced an item of a shape without a struct: make one for next time while
+    there are fewer than _CUTS_MAX; when full, start over after 16 times as many misses
+    (shapes change; items of ever-new sizes make a struct for 1 miss in 17)."""
+    if len(_CUTS) < _CUTS_MAX:
+        _CUTS[lens] = struct.Struct(f"{lens >> 32}s{lens & _LEN_MASK}s").unpack_from
+        return
+    _CUTS_MISSED[0] += 1
+    if _CUTS_MISSED[0] >= 16 * _CUTS_MAX:
+        _CUTS_MISSED[0] = 0
+        _CUTS.clear()
 
 
 def _default_namespace() -> str:
@@ -531,9 +559,14 @@ class Queue:
         buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
         lens: int = _pmq_try_fetch(handle, buf.cdata, buf.size)
         if lens >= 0:
-            view = buf.view
-            k = lens >> 32
-            item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
+            cut = _cuts_get(lens)
+            if cut is not None:
+                item: tuple[bytes, bytes] = cut(buf.view)
+            else:
+                view = buf.view
+                k = lens >> 32
+                item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
+                _cut_miss(lens)
             bufs.append(buf)
             return item
         return self._fetch_slow(handle, buf, lens, timeout)
@@ -763,8 +796,17 @@ class Queue:
         reject policy or ``block=False``, after ``timeout`` with the block policy."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        data = self._serializer.dumps(obj)
-        if not self.add(b"", data, timeout=timeout if block else 0):
+        ser = self._serializer
+        data = _pickle_dumps(obj, _PICKLE_PROTOCOL) if ser is PICKLE else ser.dumps(obj)
+        handle = self._handle
+        if handle is not None and type(data) is bytes:  # the fast path of add(), inline
+            rc: int = _pmq_add(handle, b"", 0, data, len(data), 0)
+            if rc == _OK:
+                return
+            added = self._add_slow(handle, b"", data, rc, timeout if block else 0)
+        else:
+            added = self.add(b"", data, timeout=timeout if block else 0)
+        if not added:
             raise AssertionError("put into an addmode 1 queue with an empty key was ignored")
 
     def put_nowait(self, obj: Any) -> None:
@@ -775,7 +817,21 @@ class Queue:
         (also ``queue.Empty``) if none arrives within ``timeout`` (None: wait forever)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        item = self.fetch(timeout=timeout if block else 0)
+        handle = self._handle
+        bufs = self._bufs
+        if handle is not None and bufs:  # the fast path of fetch(), inline: values only
+            buf = bufs.pop()
+            lens: int = _pmq_try_fetch(handle, buf.cdata, buf.size)
+            if lens >= 0:
+                k = lens >> 32
+                value = buf.view[k : k + (lens & _LEN_MASK)]
+                bufs.append(buf)
+                ser = self._serializer
+                return _pickle_loads(value) if ser is PICKLE else ser.loads(value)
+            # nothing yet, or too big: fetch()'s slow path waits or grows the buffer
+            item = self._fetch_slow(handle, buf, lens, timeout if block else 0)
+        else:
+            item = self.fetch(timeout=timeout if block else 0)
         if item is None:
             raise Empty(f"queue {self._name!r} is empty", self._name)
         return self._serializer.loads(item[1])
