@@ -128,5 +128,9 @@ class ItemBatch(Sequence[tuple[bytes, bytes]]):
         """Key and value bytes of all items together."""
         return self._offsets()[-1]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its used bytes and lengths (the engine's buffer is not picklable)."""
+        return (ItemBatch, (bytes(self._buf[0 : self.nbytes]), self._lens, self._n))
+
     def __repr__(self) -> str:
         return f"<pymqueue.ItemBatch items={self._n} bytes={self.nbytes} at 0x{id(self):x}>"

@@ -49,6 +49,16 @@ def test_fetch_batch_is_a_sequence_of_the_items_oldest_first() -> None:
         assert len(q) == 0
 
 
+def test_a_batch_pickles_as_its_items() -> None:
+    with fresh_queue() as q:
+        q.add_many(ITEMS)
+        b = pickle.loads(pickle.dumps(q.fetch_batch(10)))
+        assert isinstance(b, ItemBatch)
+        assert b.items() == ITEMS
+        assert b.values() == [v for _, v in ITEMS]
+        assert bytes(b.view(3)[1]) == ITEMS[3][1]
+
+
 def test_fetch_batch_takes_at_most_max_items() -> None:
     with fresh_queue() as q:
         q.add_many([(b"k%d" % i, b"v%d" % i) for i in range(10)])
