@@ -54,29 +54,23 @@ _BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race
 
 #: fetch()'s cut of an item by its shape (``klen << 32 | vlen``, what pmq_try_fetch returns):
 #: a ``struct`` ``"16s64s"`` returns the ``(key, value)`` tuple in one C call, cheaper than
-#: two slices and a tuple (see _cut_miss for shapes without one).
+#: two slices and a tuple (see _cut_learn for shapes without one).
 _CUTS: dict[int, Any] = {}
 _CUTS_MAX = 256
 _cuts_get = _CUTS.get
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_CUTS_ROOM = [True]  # False once _CUTS is full: later shapes are sliced, not learnt
 
 
-_CUTS_MISSED = [0]  # misses since _CUTS became full
-
-
-def _cut_miss(lens: int) -> None:
-    """fetch() sliced an item of a shape without a struct: make one for next time while
-    there are fewer than _CUTS_MAX; when full, start over after 16 times as many misses
-    (shapes change; items of ever-new sizes make a struct for 1 miss in 17)."""
-    if len(_CUTS) < _CUTS_MAX:
-        _CUTS[lens] = struct.Struct(f"{lens >> 32}s{lens & _LEN_MASK}s").unpack_from
-        return
-    _CUTS_MISSED[0] += 1
-    if _CUTS_MISSED[0] >= 16 * _CUTS_MAX:
-        _CUTS_MISSED[0] = 0
-        _CUTS.clear()
+def _cut_learn(lens: int) -> None:
+    """fetch() sliced an item of a shape without a struct: make one for next time. The
+    first _CUTS_MAX shapes get one and keep it (never cleared: items of ever-new sizes then
+    cost one failed dict lookup each, not a struct each)."""
+    _CUTS[lens] = struct.Struct(f"{lens >> 32}s{lens & _LEN_MASK}s").unpack_from
+    if len(_CUTS) >= _CUTS_MAX:
+        _CUTS_ROOM[0] = False
 
 
 def _default_namespace() -> str:
@@ -571,7 +565,8 @@ class Queue:
                 view = buf.view
                 k = lens >> 32
                 item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
-                _cut_miss(lens)
+                if _CUTS_ROOM[0]:
+                    _cut_learn(lens)
             bufs.append(buf)
             return item
         return self._fetch_slow(handle, buf, lens, timeout)

@@ -18,21 +18,25 @@ from pymqueue.queue import sync
 
 
 def test_fetch_items_of_ever_new_shapes() -> None:
-    """More shapes than the struct cache holds, then enough misses to start it over: every
-    item comes back whole, the cache stays bounded, and a shape seen after the restart
-    gets a struct again."""
-    n = 16 * sync._CUTS_MAX + sync._CUTS_MAX + 50
+    """More shapes than the struct cache holds: every item comes back whole, the cache stays
+    bounded, and shapes past it are sliced (not learnt); a learnt shape is cut by its
+    struct."""
     with fresh_queue() as q:
-        for i in range(n):
+        for i in range(2 * sync._CUTS_MAX + 50):
             key, value = b"k" * (i % 7), bytes([i % 251]) * (i + 1)
             q.add(key, value)
             assert q.fetch() == (key, value)
             assert len(sync._CUTS) <= sync._CUTS_MAX
-        q.add(b"key", b"v" * 5)
-        assert q.fetch() == (b"key", b"v" * 5)
-        q.add(b"key", b"w" * 5)
-        assert q.fetch() == (b"key", b"w" * 5)
-        assert (3 << 32 | 5) in sync._CUTS
+        assert len(sync._CUTS) == sync._CUTS_MAX
+        assert sync._CUTS_ROOM == [False]
+        new_shape = 5 << 32 | 100_000
+        q.add(b"fresh", b"n" * 100_000)
+        assert q.fetch() == (b"fresh", b"n" * 100_000)
+        assert new_shape not in sync._CUTS
+        learnt = next(iter(sync._CUTS))
+        key, value = b"K" * (learnt >> 32), b"V" * (learnt & 0xFFFFFFFF)
+        q.add(key, value)
+        assert q.fetch() == (key, value)
 
 
 class _ByteArraySerializer:
