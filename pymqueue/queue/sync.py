@@ -49,7 +49,6 @@ _E_FULL = E.E_FULL
 _E_BUFSMALL = E.E_BUFSMALL
 _E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
-_SLICE_NS = E.SLICE_NS
 _BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race for it
 
 #: fetch()'s cut of an item by its shape (``klen << 32 | vlen``, what pmq_try_fetch returns):
@@ -520,10 +519,6 @@ class Queue:
         k = to_bytes(key)
         v = to_bytes(value)
         waits = rc == _E_FULL and self._block and timeout != 0
-        if waits and timeout is None:  # for ever: one slice in C before wait_loop's clock
-            rc = _pmq_add(handle, k, len(k), v, len(v), _SLICE_NS)
-            if rc == _OK:
-                return True
         if waits or rc == _E_LOCKTIMEOUT:
             rc = wait_loop(
                 lambda ns: _pmq_add(handle, k, len(k), v, len(v), ns),
@@ -578,8 +573,6 @@ class Queue:
         try:
             if rc == _E_BUFSMALL:  # the first try did not say how big: ask with the lengths
                 rc = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, 0)
-            elif rc == _E_EMPTY and timeout is None:  # one slice in C before wait_loop's clock
-                rc = _pmq_fetch(handle, buf.cdata, buf.size, buf.clens, _SLICE_NS)
             while True:
                 if (rc == _E_EMPTY and timeout != 0) or rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
