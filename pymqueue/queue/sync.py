@@ -49,6 +49,7 @@ _E_FULL = E.E_FULL
 _E_BUFSMALL = E.E_BUFSMALL
 _E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
+_CHUNK_ITEMS = 1 << 16  # items asked of one batch call (their lengths: 512 KiB)
 _BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race for it
 
 #: fetch()'s cut of an item by its shape (``klen << 32 | vlen``, what pmq_try_fetch returns):
@@ -668,12 +669,12 @@ class Queue:
         engine = self._h()
         bufs = self._bufs
         buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
-        batch = Batch(max_items)
+        batch = Batch(min(max_items, _CHUNK_ITEMS))
         out: list[tuple[bytes, bytes]] = []
         wait = timeout
         try:
             while len(out) < max_items:
-                want = max_items - len(out)
+                want = min(max_items - len(out), _CHUNK_ITEMS)
                 rc = engine.fetch_many(buf, batch, want, 0) if wait == 0 else _E_LOCKTIMEOUT
                 if rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
@@ -704,7 +705,7 @@ class Queue:
             raise QueueClosed(f"queue {self._name!r} is closed", self._name)
         if max_items <= 0:
             return ItemBatch(b"", array("I"), 0)
-        rc, buf, lens, n = _fetch_chunk(handle, _BUF_SIZE, max_items, 0)
+        rc, buf, lens, n = _fetch_chunk(handle, _BUF_SIZE, min(max_items, _CHUNK_ITEMS), 0)
         if rc == _OK and n == max_items:
             return ItemBatch(buf, lens, n)
         return self._fetch_batch_slow(handle, (rc, buf, lens, n), max_items, timeout)
@@ -728,7 +729,7 @@ class Queue:
             if rc == _OK:
                 chunks.append((buf, lens, n))
                 got += n
-                if got >= max_items:
+                if got >= max_items or n == 0:
                     break
             elif rc == _E_BUFSMALL:
                 size = max(lens[0] + lens[1], 2 * size)
@@ -738,17 +739,18 @@ class Queue:
                 break
             elif rc not in (_E_EMPTY, _E_LOCKTIMEOUT) or waited:
                 self._fail(rc)
-            else:
+            want = min(max_items - got, _CHUNK_ITEMS)
+            if rc in (_E_EMPTY, _E_LOCKTIMEOUT) and not chunks:
 
-                def call(ns: int, size: int = size, want: int = max_items) -> int:
+                def call(ns: int, size: int = size, want: int = want) -> int:
                     nonlocal last
                     last = _fetch_chunk(handle, size, want, ns)
                     return last[0]
 
                 wait_loop(call, timeout, _E_EMPTY)
                 waited = True
-                continue
-            last = _fetch_chunk(handle, size, max_items - got, 0)
+            else:
+                last = _fetch_chunk(handle, size, want, 0)
         if len(chunks) == 1:
             return ItemBatch(*chunks[0])
         all_lens: array[int] = array("I")

@@ -116,6 +116,21 @@ def test_a_batch_spanning_several_buffers_is_one_batch_in_order() -> None:
         assert b.nbytes == sum(len(k) + len(v) for k, v in items)
 
 
+def test_max_items_far_beyond_the_queue_allocates_for_what_is_there() -> None:
+    """Empty items never fill a buffer: a batch call asks for at most 65 536 items at a
+    time, so a huge max_items neither allocates lengths for all of them nor loses any."""
+    n = 70_000
+    with fresh_queue() as q:
+        q.add_many([(b"", b"")] * n)
+        b = q.fetch_batch(10**12)
+        assert len(b) == n
+        assert b.nbytes == 0
+        assert b.values()[-1] == b""
+        q.add_many([(b"", b"x")] * n)
+        got = q.fetch_many(10**12)
+        assert got == [(b"", b"x")] * n
+
+
 def test_fetch_batch_on_a_closed_queue() -> None:
     with fresh_queue() as q:
         q.close()
