@@ -4,9 +4,11 @@
 
 Workloads (key 16 B):
   W1  one process: add one item then fetch it, value 64 B
-  W2  one producer process -> one consumer process, 64 B and 4 KiB
+  W2  one producer process -> one consumer process, 64 B and 4 KiB (with a "floor + bytes
+      out" row: the floor's consumer also cuts key and value out as bytes)
   W3  four producer processes -> one consumer process, 64 B
-  W4  one process: add 256 items in one call, then fetch them in one call (64 B)
+  W4  one process: add 256 items in one call, then fetch them in one call (64 B); pymqueue
+      twice: fetch_many (a list of pairs) and fetch_batch().values()
   ADD the cost of one add in addmode 0/1/2 with 10 vs 100 000 items queued
 
 Multi-process rounds: the children are forked and ready (queue attached, socket open) before
@@ -54,7 +56,7 @@ def _make(key: str, value_size: int, request: pytest.FixtureRequest, n_items: in
     options: dict[str, Any] = {}
     if key == "redis":
         options["socket_path"] = request.getfixturevalue("redis_server")
-    if n_items and key in ("pymqueue", "floor"):
+    if n_items and key in ("pymqueue", "floor", "floor_bytes"):
         options["policy"] = Overflow.BLOCK  # bounded ring (16 MiB), producers wait for room
     if key == "pymqueue_drop":
         # default policy, ring large enough for every item of a round: never drops, never waits
@@ -199,7 +201,7 @@ def test_w1_add_then_fetch(benchmark: Any, make_impl: Any, key: str) -> None:
 # ---- W2, W3 -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", MULTI)
+@pytest.mark.parametrize("key", [*MULTI, "floor_bytes"])
 @pytest.mark.parametrize("value_size", [64, 4096], ids=["64B", "4KiB"])
 def test_w2_one_to_one(benchmark: Any, make_impl: Any, key: str, value_size: int) -> None:
     n = N_SMALL if value_size == 64 else N_LARGE
@@ -218,7 +220,9 @@ def test_w3_four_to_one(benchmark: Any, make_impl: Any, key: str) -> None:
 # ---- W4 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["pymqueue", "floor", "faster_fifo", "cloudtoid", "redis"])
+@pytest.mark.parametrize(
+    "key", ["pymqueue", "pymqueue_batch", "floor", "faster_fifo", "cloudtoid", "redis"]
+)
 def test_w4_batch(benchmark: Any, make_impl: Any, key: str) -> None:
     impl = make_impl(key, 64)
     label = _label(impl)

@@ -148,6 +148,22 @@ class PyMQueue(Impl):
         self.q.close()
 
 
+class PyMQueueBatchValues(PyMQueue):
+    """W4 with the batch object: ``add_many(items)``, then ``fetch_batch(256).values()``
+    (one bytes object per item, the keys not copied out: like a peer's single receives,
+    which return one message per item)."""
+
+    name = "pymqueue fetch_batch().values()"
+
+    def batch(self) -> None:
+        items = self.options.get("items")
+        if items is None:
+            items = self.options["items"] = [(KEY, self.value)] * BATCH
+        self.q.add_many(items)
+        got = self.q.fetch_batch(BATCH).values()
+        assert len(got) == BATCH
+
+
 class Floor(PyMQueue):
     """The floor probe: the thinnest cffi calls of the C functions on the same queue, with
     preallocated buffers, no facade (no bytes materialised on fetch)."""
@@ -202,9 +218,20 @@ class Floor(PyMQueue):
 
 class FloorBytes(Floor):
     """Diagnostic: the floor plus materialising key and value as bytes on fetch (the least
-    any facade returning ``(bytes, bytes)`` must do)."""
+    any facade returning ``(bytes, bytes)`` must do): W1, and the consumer of W2 (its
+    producer is the floor's)."""
 
     name = "floor + bytes out"
+
+    def consumer(self, n: int) -> None:
+        fetch = lib.pmq_fetch
+        h, buf, cap, lens = self.h, self.buf, self.cap, self.lens
+        view = ffi.buffer(buf)
+        for _ in range(n):
+            while fetch(h, buf, cap, lens, WAIT_SLICE_NS) != 0:
+                pass
+            a = lens[0]
+            _item = (view[0:a], view[a : a + lens[1]])
 
     def pairs(self, n: int) -> None:
         add = lib.pmq_add
@@ -492,6 +519,7 @@ IMPLS: dict[str, type[Impl]] = {
     "pymqueue": PyMQueue,
     "floor": Floor,
     "floor_bytes": FloorBytes,
+    "pymqueue_batch": PyMQueueBatchValues,
     "mp_queue": MpQueue,
     "mp_simplequeue": MpSimpleQueue,
     "faster_fifo": FasterFifo,

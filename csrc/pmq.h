@@ -148,6 +148,13 @@ int64_t pmq_try_fetch(pmq_queue *q, uint8_t *buf, size_t cap);
  * first *done items were handled and the rest were not. */
 int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
                  size_t *done, int64_t timeout_ns);
+/* pmq_add_many with the keys back to back in keys and the values in vals (lens as above):
+ * a caller holding keys and values apart joins each once instead of interleaving them.
+ * PMQ_E_INVAL (nothing added) unless the lengths add up to keys_size and vals_size.
+ * flags: as for pmq_add_many_flags. */
+int pmq_add_many_split(pmq_queue *q, const uint32_t *lens, const uint8_t *keys,
+                       size_t keys_size, const uint8_t *vals, size_t vals_size, size_t n,
+                       uint32_t flags, size_t *done, int64_t timeout_ns);
 /* Batch fetch of up to max_n items into buf (key, value, key, value …) and lens; waits
  * (per timeout) for the first item only. *got counts the items fetched. */
 int pmq_fetch_many(pmq_queue *q, uint8_t *buf, size_t cap, uint32_t *lens, size_t max_n,

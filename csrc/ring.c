@@ -327,13 +327,15 @@ static int check_item(const pmq_queue *q, size_t klen, size_t vlen) {
     return PMQ_OK;
 }
 
-/* Items to add: a batch (lens: key, value, …; data: the bytes in that order) or, when lens
- * is NULL, one item whose key and value are separate buffers. */
+/* Items to add: a batch (lens: key, value, …; data: the bytes in that order, or, when vdata
+ * is not NULL, the keys alone in data and the values in vdata) or, when lens is NULL, one
+ * item whose key and value are separate buffers. */
 typedef struct add_src {
     const uint32_t *lens;
     const uint8_t *data;
     const uint8_t *key, *val;
     uint32_t klen, vlen;
+    const uint8_t *vdata;
     uint32_t flags; /* PMQ_ADD_* */
 } add_src;
 
@@ -344,7 +346,7 @@ static int add_items(pmq_queue *q, const add_src *src, size_t n, size_t *done,
                      int64_t timeout_ns) {
     pmq_call c;
     pmq_call_init(&c, timeout_ns);
-    const uint8_t *p = src->data;
+    const uint8_t *p = src->data, *vp = src->vdata;
     for (;;) {
         int rc = pmq_lock(q, &c);
         if (rc != PMQ_OK) return rc;
@@ -358,12 +360,17 @@ static int add_items(pmq_queue *q, const add_src *src, size_t n, size_t *done,
                 klen = src->lens[2 * *done];
                 vlen = src->lens[2 * *done + 1];
                 key = p;
-                val = p + klen;
+                val = vp != NULL ? vp : p + klen;
             }
             rc = add_locked(q, key, klen, val, vlen, src->flags, &wk, &need);
             if (rc < PMQ_OK || rc == WAIT_ROOM) break;
             if (rc == PMQ_OK) added++;
-            if (src->lens != NULL) p += (size_t)klen + vlen;
+            if (vp != NULL) {
+                p += klen;
+                vp += vlen;
+            } else if (src->lens != NULL) {
+                p += (size_t)klen + vlen;
+            }
             (*done)++;
         }
         /* Items added before a wait are published and announced before it. */
@@ -386,9 +393,22 @@ int pmq_add(pmq_queue *q, const void *key, size_t klen, const void *val, size_t 
             int64_t timeout_ns) {
     int rc = check_item(q, klen, vlen);
     if (rc != PMQ_OK) return rc;
-    add_src one = {NULL, NULL, key, val, (uint32_t)klen, (uint32_t)vlen, 0};
+    add_src one = {NULL, NULL, key, val, (uint32_t)klen, (uint32_t)vlen, NULL, 0};
     size_t done = 0;
     return add_items(q, &one, 1, &done, timeout_ns);
+}
+
+static int add_batch(pmq_queue *q, const add_src *batch, size_t n, size_t *done,
+                     int64_t timeout_ns) {
+    *done = 0;
+    if (batch->flags & ~(uint32_t)PMQ_ADD_RELEASED) return PMQ_E_INVAL;
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_item(q, batch->lens[2 * i], batch->lens[2 * i + 1]);
+        if (rc != PMQ_OK) return rc; /* nothing added: the batch is refused whole */
+    }
+    if (n == 0) return PMQ_OK;
+    int rc = add_items(q, batch, n, done, timeout_ns);
+    return rc == PMQ_DUPLICATE ? PMQ_OK : rc;
 }
 
 int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
@@ -398,16 +418,22 @@ int pmq_add_many(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t
 
 int pmq_add_many_flags(pmq_queue *q, const uint32_t *lens, const uint8_t *data, size_t n,
                        uint32_t flags, size_t *done, int64_t timeout_ns) {
+    add_src batch = {lens, data, NULL, NULL, 0, 0, NULL, flags};
+    return add_batch(q, &batch, n, done, timeout_ns);
+}
+
+int pmq_add_many_split(pmq_queue *q, const uint32_t *lens, const uint8_t *keys,
+                       size_t keys_size, const uint8_t *vals, size_t vals_size, size_t n,
+                       uint32_t flags, size_t *done, int64_t timeout_ns) {
     *done = 0;
-    if (flags & ~(uint32_t)PMQ_ADD_RELEASED) return PMQ_E_INVAL;
+    uint64_t ksum = 0, vsum = 0;
     for (size_t i = 0; i < n; i++) {
-        int rc = check_item(q, lens[2 * i], lens[2 * i + 1]);
-        if (rc != PMQ_OK) return rc; /* nothing added: the batch is refused whole */
+        ksum += lens[2 * i];
+        vsum += lens[2 * i + 1];
     }
-    if (n == 0) return PMQ_OK;
-    add_src batch = {lens, data, NULL, NULL, 0, 0, flags};
-    int rc = add_items(q, &batch, n, done, timeout_ns);
-    return rc == PMQ_DUPLICATE ? PMQ_OK : rc;
+    if (ksum != keys_size || vsum != vals_size) return PMQ_E_INVAL;
+    add_src batch = {lens, keys, NULL, NULL, 0, 0, vals, flags};
+    return add_batch(q, &batch, n, done, timeout_ns);
 }
 
 /* ---- fetch -------------------------------------------------------------------------- */

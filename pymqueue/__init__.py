@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from pymqueue.instance import Instance
     from pymqueue.queue._engine import get_lock_timeout, set_default_spin, set_lock_timeout
     from pymqueue.queue.aio import AsyncQueue
+    from pymqueue.queue.batch import ItemBatch
     from pymqueue.queue.mp import JoinableQueue, SimpleQueue
     from pymqueue.queue.sync import Queue, list_queues, unlink
     from pymqueue.queue.types import AddMode, Overflow, QueueStats, Record
@@ -92,6 +93,7 @@ _LAZY = {
     "Overflow": "pymqueue.queue.types",
     "AddMode": "pymqueue.queue.types",
     "AsyncQueue": "pymqueue.queue.aio",
+    "ItemBatch": "pymqueue.queue.batch",
     "JoinableQueue": "pymqueue.queue.mp",
     "SimpleQueue": "pymqueue.queue.mp",
     "Instance": "pymqueue.instance",
@@ -114,6 +116,7 @@ __all__ = [
     "Full",
     "Instance",
     "InvalidSegment",
+    "ItemBatch",
     "ItemTooLarge",
     "JoinableQueue",
     "LockTimeout",

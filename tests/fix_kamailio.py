@@ -259,9 +259,9 @@ class Kamailio:
             )
         return p.stdout
 
-    def _request(self, method: str, params: Sequence[Any] | Mapping[str, Any] | None) -> dict[
-        str, Any
-    ]:
+    def _request(
+        self, method: str, params: Sequence[Any] | Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         doc: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
         if params is not None:
             doc["params"] = params
@@ -606,7 +606,6 @@ def kamailio(kamailio_bin: str) -> Iterator[KamailioFactory]:
         yield fac
     finally:
         fac.close()
-
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
-INNER = '''
+INNER = """
 import subprocess, sys
 
 CHILD = (
@@ -23,7 +23,7 @@ KEEP = []
 
 def test_leaves_a_worker_behind():
     KEEP.append(subprocess.Popen([sys.executable, "-c", CHILD, "{name}"], stdin=subprocess.PIPE))
-'''
+"""
 
 
 def test_a_straggler_fails_the_session_and_creates_nothing(tmp_path: Path) -> None:

@@ -69,9 +69,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where
 
 
-def test_readme_demo_command_in_a_fresh_clone(
-    clone: Path, tmp_path: Path, namespace: str
-) -> None:
+def test_readme_demo_command_in_a_fresh_clone(clone: Path, tmp_path: Path, namespace: str) -> None:
     env = env_without_tree(namespace)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

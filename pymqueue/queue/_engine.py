@@ -35,6 +35,7 @@ __all__ = [
     "Handle",
     "Trust",
     "bell_name",
+    "fetch_chunk",
     "get_lock_timeout",
     "pmq_add",
     "pmq_fetch",
@@ -309,6 +310,27 @@ def _layout(lens: array[int]) -> struct.Struct:
     return layout
 
 
+# ---- fetch_batch: a buffer per batch ------------------------------------------------------
+
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+_pmq_fetch_many = lib.pmq_fetch_many
+_from_buffer = ffi.from_buffer
+_ffi_buffer = ffi.buffer
+_ffi_new = ffi.new
+
+
+def fetch_chunk(ptr: Any, size: int, want: int, ns: int) -> tuple[int, Any, array[int], int]:
+    """``pmq_fetch_many`` of up to ``want`` items into a NEW buffer of ``size`` bytes (not
+    cleared: the engine writes before anyone reads), for a batch to keep: (return code,
+    the buffer, the key and value lengths, items taken). With ``PMQ_E_BUFSMALL`` the first
+    item's lengths are in lengths[0:2]."""
+    cdata = _new_uncleared("uint8_t[]", size)
+    lens = array("I", bytes(8 * want))  # C writes it through the cdata view
+    got = _ffi_new("size_t *")
+    rc: int = _pmq_fetch_many(ptr, cdata, size, _from_buffer("uint32_t[]", lens), want, got, ns)
+    return rc, _ffi_buffer(cdata), lens, got[0]
+
+
 # ---- the handle -------------------------------------------------------------------------
 
 
@@ -440,6 +462,18 @@ class Handle:
         done = ffi.new("size_t *")
         clens = ffi.from_buffer("uint32_t[]", lens)
         rc: int = lib.pmq_add_many_flags(self.ptr, clens, data, n, flags, done, ns)
+        return rc, int(done[0])
+
+    def add_many_split(
+        self, lens: array[int], keys: bytes, values: bytes, n: int, ns: int, *, flags: int = 0
+    ) -> tuple[int, int]:
+        """``pmq_add_many_split``: :meth:`add_many` with the keys joined in ``keys`` and the
+        values in ``values`` (``E_INVAL`` unless the lengths add up to their sizes)."""
+        done = ffi.new("size_t *")
+        clens = ffi.from_buffer("uint32_t[]", lens)
+        rc: int = lib.pmq_add_many_split(
+            self.ptr, clens, keys, len(keys), values, len(values), n, flags, done, ns
+        )
         return rc, int(done[0])
 
     def fetch_many(self, buf: Buf, batch: Batch, want: int, ns: int) -> int:

@@ -26,6 +26,7 @@ from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import DUPLICATE as _DUPLICATE
 from pymqueue.queue._engine import E_FULL as _E_FULL
 from pymqueue.queue._engine import OK as _OK
+from pymqueue.queue.batch import ItemBatch
 from pymqueue.queue.mp import join_queue
 from pymqueue.queue.sync import Queue
 from pymqueue.queue.types import Overflow, QueueStats
@@ -149,6 +150,18 @@ class AsyncQueue:
                 return []
             await self._wait_items(deadline)
 
+    async def fetch_batch(self, max_items: int, timeout: float | None = None) -> ItemBatch:
+        """Like :meth:`Queue.fetch_batch`; waits (per ``timeout``) for the first item
+        without blocking the loop; an empty batch if none arrives."""
+        deadline = self._deadline(timeout)
+        while True:
+            batch = self._queue.fetch_batch(max_items)
+            if batch or max_items <= 0:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                return batch
+            await self._wait_items(deadline)
+
     async def get(self, timeout: float | None = None) -> Any:
         """The oldest object; :class:`pymqueue.Empty` if none arrives within ``timeout``."""
         item = await self.fetch(timeout)
@@ -157,11 +170,10 @@ class AsyncQueue:
         return self._queue._serializer.loads(item[1])
 
     async def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
-        items = await self.fetch_many(max_items, timeout)
-        if not items:
+        batch = await self.fetch_batch(max_items, timeout)
+        if not batch:
             raise Empty(f"queue {self._queue.name!r} is empty", self._queue.name)
-        loads = self._queue._serializer.loads
-        return [loads(v) for _, v in items]
+        return list(map(self._queue._serializer.loads, batch.values()))
 
     async def add(self, key: Key, value: Key, timeout: float | None = None) -> bool:
         """Like :meth:`Queue.add`; with the block policy, waits for room without blocking

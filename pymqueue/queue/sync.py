@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
+import struct
 import threading
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from typing import Any, NoReturn
 
 from pymqueue._text import Key, name_bytes, name_text, to_bytes
@@ -23,6 +24,7 @@ from pymqueue.queue import _engine as E
 from pymqueue.queue import _private
 from pymqueue.queue._bell import Bell
 from pymqueue.queue._engine import Batch, Buf, Handle, Trust, wait_loop
+from pymqueue.queue.batch import ItemBatch
 from pymqueue.queue.types import (
     DEFAULT_CAPACITY,
     PICKLE,
@@ -39,6 +41,7 @@ __all__ = ["Queue", "list_queues", "unlink"]
 _pmq_add = E.pmq_add
 _pmq_fetch = E.pmq_fetch
 _pmq_try_fetch = E.pmq_try_fetch
+_fetch_chunk = E.fetch_chunk
 _LEN_MASK = E.LEN_MASK
 _OK = E.OK
 _DUPLICATE = E.DUPLICATE
@@ -47,7 +50,28 @@ _E_FULL = E.E_FULL
 _E_BUFSMALL = E.E_BUFSMALL
 _E_LOCKTIMEOUT = E.E_LOCKTIMEOUT
 _BUF_SIZE = E.BUF_SIZE
+_CHUNK_ITEMS = 1 << 16  # items asked of one batch call (their lengths: 512 KiB)
 _BELL_LOCK = threading.Lock()  # makes one doorbell per handle when threads race for it
+
+#: fetch()'s cut of an item by its shape (``klen << 32 | vlen``, what pmq_try_fetch returns):
+#: a ``struct`` ``"16s64s"`` returns the ``(key, value)`` tuple in one C call, cheaper than
+#: two slices and a tuple (see _cut_learn for shapes without one).
+_CUTS: dict[int, Any] = {}
+_CUTS_MAX = 256
+_cuts_get = _CUTS.get
+_pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_CUTS_ROOM = [True]  # False once _CUTS is full: later shapes are sliced, not learnt
+
+
+def _cut_learn(lens: int) -> None:
+    """fetch() sliced an item of a shape without a struct: make one for next time. The
+    first _CUTS_MAX shapes get one and keep it (never cleared: items of ever-new sizes then
+    cost one failed dict lookup each, not a struct each)."""
+    _CUTS[lens] = struct.Struct(f"{lens >> 32}s{lens & _LEN_MASK}s").unpack_from
+    if len(_CUTS) >= _CUTS_MAX:
+        _CUTS_ROOM[0] = False
 
 
 def _default_namespace() -> str:
@@ -128,28 +152,45 @@ def _mp_settings(maxsize: int | None, size: int | None, policy: object) -> tuple
     return max(maxsize or 0, 0), Overflow.BLOCK
 
 
-_PAIR = frozenset((2,))
+def _split(pairs: list[Any]) -> tuple[array[int], bytes, bytes] | None:
+    """(key and value lengths in order, the keys joined, the values joined) of ``pairs``
+    when they are pairs of bytes (the usual case), with C-level loops only: ``zip`` checks
+    that every item is a pair and splits keys from values; None for anything else."""
+    try:
+        keys, values = zip(*pairs, strict=True)
+        klens = array("I", map(len, keys))
+        vlens = array("I", map(len, values))
+        kdata = b"".join(keys)  # TypeError for str
+        vdata = b"".join(values)
+    except (TypeError, ValueError):  # not pairs, str, an item without len()
+        return None
+    lens = array("I", bytes(8 * len(klens)))
+    lens[0::2] = klens
+    lens[1::2] = vlens
+    return lens, kdata, vdata
 
 
 def _flatten(items: Iterable[tuple[Key, Key]]) -> tuple[list[bytes], array[int], bytes]:
-    """(keys and values in order, their lengths, their bytes joined) of ``items``, with
-    C-level loops when the items are pairs of bytes (the usual case); otherwise one item at
-    a time, converting str."""
-    pairs = items if type(items) is list else list(items)
-    try:
-        if set(map(len, pairs)) <= _PAIR:
-            parts: list[Any] = list(chain.from_iterable(pairs))
-            lens = array("I", list(map(len, parts)))
-            data = b"".join(parts)  # TypeError for str
-            if sum(lens) == len(data):  # a memoryview of wide items would not add up
-                return parts, lens, data
-    except TypeError:  # str, or an item without len(): converted or refused below
-        pass
+    """(keys and values in order, their lengths, their bytes joined) of ``items``, one item
+    at a time, converting str (what :func:`_split` does not take)."""
     parts = []
-    for key, value in pairs:
+    for key, value in items:
         parts.append(to_bytes(key))
         parts.append(to_bytes(value))
     return parts, array("I", list(map(len, parts))), b"".join(parts)
+
+
+def _interleave(lens: array[int], keys: bytes, values: bytes) -> bytes:
+    """The bytes of :func:`_split`'s keys and values in item order (key, value, …)."""
+    kv, vv = memoryview(keys), memoryview(values)
+    parts: list[memoryview] = []
+    ko = vo = 0
+    for i in range(0, len(lens), 2):
+        a, b = lens[i], lens[i + 1]
+        parts += (kv[ko : ko + a], vv[vo : vo + b])
+        ko += a
+        vo += b
+    return b"".join(parts)
 
 
 class Queue:
@@ -521,9 +562,15 @@ class Queue:
         buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
         lens: int = _pmq_try_fetch(handle, buf.cdata, buf.size)
         if lens >= 0:
-            view = buf.view
-            k = lens >> 32
-            item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
+            cut = _cuts_get(lens)
+            if cut is not None:
+                item: tuple[bytes, bytes] = cut(buf.view)
+            else:
+                view = buf.view
+                k = lens >> 32
+                item = (view[0:k], view[k : k + (lens & _LEN_MASK)])
+                if _CUTS_ROOM[0]:
+                    _cut_learn(lens)
             bufs.append(buf)
             return item
         return self._fetch_slow(handle, buf, lens, timeout)
@@ -576,13 +623,41 @@ class Queue:
 
         ``released``: never held, even while the queue holds (:meth:`hold`) — how a
         forwarder adds what it received, which must not be forwarded again."""
-        parts, lens, data = _flatten(items)
-        n = len(parts) // 2
+        flags = E.ADD_RELEASED if released else 0
+        pairs = items if type(items) is list else list(items)
+        split = _split(pairs)
+        if split is not None:
+            done = self._add_flat(split[0], split[1], timeout, split[2], flags)
+            if done >= 0:
+                return done
+        _, lens, data = _flatten(pairs)
+        return self._add_flat(lens, data, timeout, None, flags)
+
+    def _add_flat(
+        self,
+        lens: array[int],
+        data: bytes,
+        timeout: float | None,
+        values: bytes | None = None,
+        flags: int = 0,
+    ) -> int:
+        """add_many() of items already flat: key and value lengths, and their bytes in order
+        in ``data`` or (``values`` given) the keys in ``data`` and the values in ``values``;
+        -1 (nothing added) if ``values`` is given and the lengths do not add up to the sizes
+        (``len`` of a memoryview of wide items counts items, not bytes). ``flags``:
+        ``PMQ_ADD_*``."""
+        n = len(lens) // 2
         if n == 0:
             return 0
         engine = self._h()
-        flags = E.ADD_RELEASED if released else 0
-        rc, total = engine.add_many(lens, data, n, 0, flags)
+        if values is None:
+            rc, total = engine.add_many(lens, data, n, 0, flags)
+        else:
+            rc, total = engine.add_many_split(lens, data, values, n, 0, flags=flags)
+            if rc == E.E_INVAL:  # lengths that are not byte counts (a memoryview of wide items)
+                return -1  # nothing added: the caller converts item by item
+            if rc != _OK:  # what follows resumes within one buffer in item order
+                data = _interleave(lens, data, values)
         if (rc == _E_FULL and self._block and timeout != 0) or rc == _E_LOCKTIMEOUT:
             # Each slice resumes where the previous one stopped.
             offset = sum(lens[: 2 * total])
@@ -618,12 +693,12 @@ class Queue:
         engine = self._h()
         bufs = self._bufs
         buf = bufs.pop() if bufs else Buf(_BUF_SIZE)
-        batch = Batch(max_items)
+        batch = Batch(min(max_items, _CHUNK_ITEMS))
         out: list[tuple[bytes, bytes]] = []
         wait = timeout
         try:
             while len(out) < max_items:
-                want = max_items - len(out)
+                want = min(max_items - len(out), _CHUNK_ITEMS)
                 rc = engine.fetch_many(buf, batch, want, 0) if wait == 0 else _E_LOCKTIMEOUT
                 if rc == _E_LOCKTIMEOUT:
                     rc = wait_loop(
@@ -643,6 +718,72 @@ class Queue:
         finally:
             self._bufs.append(buf)
         return out
+
+    def fetch_batch(self, max_items: int, timeout: float | None = 0) -> ItemBatch:
+        """Like :meth:`fetch_many`, but the items stay in one buffer of their own, copied
+        there by one C call, and are cut out only when asked: an :class:`ItemBatch`
+        (``len``, indexing, iteration over ``(key, value)``; ``values()``/``keys()``/
+        ``items()`` cut all in one call each; ``view(i)`` without copying)."""
+        handle = self._handle
+        if handle is None:
+            raise QueueClosed(f"queue {self._name!r} is closed", self._name)
+        if max_items <= 0:
+            return ItemBatch(b"", array("I"), 0)
+        rc, buf, lens, n = _fetch_chunk(handle, _BUF_SIZE, min(max_items, _CHUNK_ITEMS), 0)
+        if rc == _OK and n == max_items:
+            return ItemBatch(buf, lens, n)
+        return self._fetch_batch_slow(handle, (rc, buf, lens, n), max_items, timeout)
+
+    def _fetch_batch_slow(
+        self,
+        handle: Any,
+        first: tuple[int, Any, array[int], int],
+        max_items: int,
+        timeout: float | None,
+    ) -> ItemBatch:
+        """fetch_batch() after a first call that did not fill the batch: waits (for the first
+        item only), a buffer too small for one item, more calls until empty or full."""
+        chunks: list[tuple[Any, array[int], int]] = []
+        got = 0
+        size = _BUF_SIZE
+        waited = False
+        last = first
+        while True:
+            rc, buf, lens, n = last
+            if rc == _OK:
+                chunks.append((buf, lens, n))
+                got += n
+                if got >= max_items or n == 0:
+                    break
+            elif rc == _E_BUFSMALL:
+                size = max(lens[0] + lens[1], 2 * size)
+            elif chunks:
+                break  # empty now (or an error after items were taken: return those)
+            elif rc == _E_EMPTY and (timeout == 0 or waited):
+                break
+            elif rc not in (_E_EMPTY, _E_LOCKTIMEOUT) or waited:
+                self._fail(rc)
+            want = min(max_items - got, _CHUNK_ITEMS)
+            if rc in (_E_EMPTY, _E_LOCKTIMEOUT) and not chunks:
+
+                def call(ns: int, size: int = size, want: int = want) -> int:
+                    nonlocal last
+                    last = _fetch_chunk(handle, size, want, ns)
+                    return last[0]
+
+                wait_loop(call, timeout, _E_EMPTY)
+                waited = True
+            else:
+                last = _fetch_chunk(handle, size, want, 0)
+        if len(chunks) == 1:
+            return ItemBatch(*chunks[0])
+        all_lens: array[int] = array("I")
+        data = []
+        for buf, lens, n in chunks:
+            used = lens[: 2 * n]
+            all_lens.extend(used)
+            data.append(buf[0 : sum(used)])
+        return ItemBatch(b"".join(data), all_lens, got)
 
     def peek_many(self, max_items: int) -> list[tuple[bytes, bytes]]:
         """Up to ``max_items`` of the oldest items, oldest first, WITHOUT removing them.
@@ -714,7 +855,7 @@ class Queue:
             ids = batch.ids[:got]  # type: ignore[index]
             out.extend(Record(i, k, v) for i, (k, v) in zip(ids, pairs, strict=True))
             if max_bytes is not None:
-                limit -= sum(map(len, chain.from_iterable(pairs)))
+                limit -= sum(len(k) + len(v) for k, v in pairs)
                 if limit <= 0:
                     break
                 if limit < buf.size:
@@ -755,8 +896,17 @@ class Queue:
         reject policy or ``block=False``, after ``timeout`` with the block policy."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        data = self._serializer.dumps(obj)
-        if not self.add(b"", data, timeout=timeout if block else 0):
+        ser = self._serializer
+        data = _pickle_dumps(obj, _PICKLE_PROTOCOL) if ser is PICKLE else ser.dumps(obj)
+        handle = self._handle
+        if handle is not None and type(data) is bytes:  # the fast path of add(), inline
+            rc: int = _pmq_add(handle, b"", 0, data, len(data), 0)
+            if rc == _OK:
+                return
+            added = self._add_slow(handle, b"", data, rc, timeout if block else 0)
+        else:
+            added = self.add(b"", data, timeout=timeout if block else 0)
+        if not added:
             raise AssertionError("put into an addmode 1 queue with an empty key was ignored")
 
     def put_nowait(self, obj: Any) -> None:
@@ -767,7 +917,21 @@ class Queue:
         (also ``queue.Empty``) if none arrives within ``timeout`` (None: wait forever)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        item = self.fetch(timeout=timeout if block else 0)
+        handle = self._handle
+        bufs = self._bufs
+        if handle is not None and bufs:  # the fast path of fetch(), inline: values only
+            buf = bufs.pop()
+            lens: int = _pmq_try_fetch(handle, buf.cdata, buf.size)
+            if lens >= 0:
+                k = lens >> 32
+                value = buf.view[k : k + (lens & _LEN_MASK)]
+                bufs.append(buf)
+                ser = self._serializer
+                return _pickle_loads(value) if ser is PICKLE else ser.loads(value)
+            # nothing yet, or too big: fetch()'s slow path waits or grows the buffer
+            item = self._fetch_slow(handle, buf, lens, timeout if block else 0)
+        else:
+            item = self.fetch(timeout=timeout if block else 0)
         if item is None:
             raise Empty(f"queue {self._name!r} is empty", self._name)
         return self._serializer.loads(item[1])
@@ -778,18 +942,27 @@ class Queue:
     def put_many(
         self, objs: Iterable[Any], block: bool = True, timeout: float | None = None
     ) -> int:
-        dumps = self._serializer.dumps
-        return self.add_many(((b"", dumps(o)) for o in objs), timeout=timeout if block else 0)
+        values = list(map(self._serializer.dumps, objs))
+        timeout = timeout if block else 0
+        lens = array("I", bytes(8 * len(values)))  # keys: all empty
+        try:
+            lens[1::2] = array("I", map(len, values))
+            data = b"".join(values)
+        except TypeError:  # a serializer that does not return bytes: converted item by item
+            return self.add_many([(b"", v) for v in values], timeout=timeout)
+        done = self._add_flat(lens, b"", timeout, data)
+        if done < 0:  # a memoryview of wide items
+            return self.add_many([(b"", v) for v in values], timeout=timeout)
+        return done
 
     def get_many(
         self, max_items: int, block: bool = True, timeout: float | None = None
     ) -> list[Any]:
         """Up to ``max_items`` objects, oldest first; :class:`Empty` if none arrives."""
-        items = self.fetch_many(max_items, timeout=timeout if block else 0)
-        if not items:
+        batch = self.fetch_batch(max_items, timeout=timeout if block else 0)
+        if not batch:
             raise Empty(f"queue {self._name!r} is empty", self._name)
-        loads = self._serializer.loads
-        return [loads(v) for _, v in items]
+        return list(map(self._serializer.loads, batch.values()))
 
     def qsize(self) -> int:
         return self.size()

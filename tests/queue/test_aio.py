@@ -97,3 +97,47 @@ def test_opens_by_name_and_closes() -> None:
             assert aq.queue.closed
 
         asyncio.run(main())
+
+
+def _add_batch_later(q: pymqueue.Queue, go: mp.synchronize.Event) -> None:
+    go.wait()
+    q.add_many([(b"a", b"1"), (b"b", b"2")])
+    q.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_fetch_batch_waits_for_another_process_while_the_loop_keeps_running(
+    method: str,
+) -> None:
+    ctx = mp.get_context(method)
+    with fresh_queue() as q:
+        go = ctx.Event()
+        p = ctx.Process(target=_add_batch_later, args=(q, go))
+        p.start()
+
+        async def main() -> tuple[list[tuple[bytes, bytes]], int, int]:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    if ticks == 20:
+                        go.set()  # the loop kept running while fetch_batch() waited
+                    await asyncio.sleep(0)
+
+            t = asyncio.create_task(ticker())
+            aq = AsyncQueue(q)
+            got: list[tuple[bytes, bytes]] = []
+            while len(got) < 2:  # the two items may come in one batch or two
+                got += await aq.fetch_batch(10, timeout=30)
+            t.cancel()
+            empty = await aq.fetch_batch(10, timeout=0)
+            return got, ticks, len(empty)
+
+        got, ticks, empty = asyncio.run(main())
+        p.join(30)
+        assert p.exitcode == 0
+        assert got == [(b"a", b"1"), (b"b", b"2")]
+        assert ticks >= 20
+        assert empty == 0
