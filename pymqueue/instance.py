@@ -219,6 +219,8 @@ class Instance:
             )
         bus.start()
         self.dmq = bus
+        if self.dqueues is not None:
+            self.dqueues.start()
         if self.rpc is not None:
             register_dmq_rpc(self.rpc, bus)
             from pymqueue.dmq.mqueue_service import register_dqueue_rpc  # noqa: PLC0415

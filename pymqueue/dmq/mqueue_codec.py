@@ -331,7 +331,7 @@ class BatchBuilder:
         tail = ""
         if origin is not None:
             tail = f',"origin":{json.dumps(origin)},"epoch":"{epoch:x}"'
-        self._head = f"{{{_name_member(queue)},\"items\":["
+        self._head = f'{{{_name_member(queue)},"items":['
         self._tail = f"]{tail}}}"
         self.max_body = max_body
         self.overhead = len(self._head) + len(self._tail)

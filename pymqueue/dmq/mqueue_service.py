@@ -234,6 +234,21 @@ class MqueueService:
             )
         return out
 
+    def start(self) -> None:
+        """Start the forwarders once the bus runs (any thread; they also start at the
+        bus's first event or request)."""
+        loop = self.bus.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def go() -> None:
+            self._ensure_started()
+            if self._started:
+                self._refresh()
+
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(go)
+
     def close(self) -> None:
         """Close the service's queue handles (after the bus stopped). Idempotent."""
         for dq in self._dqs.values():
@@ -492,9 +507,7 @@ def stats_struct(s: DqueueStats) -> dict[str, Any]:
     }
 
 
-def register_dqueue_rpc(
-    rpc: _RpcLike, stats: Callable[[], Mapping[str, DqueueStats]]
-) -> None:
+def register_dqueue_rpc(rpc: _RpcLike, stats: Callable[[], Mapping[str, DqueueStats]]) -> None:
     """``dmq.queues [NAME]``: one struct per distributed queue (or the one named; unknown →
     ``404 No such queue``)."""
 

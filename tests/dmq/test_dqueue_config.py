@@ -44,7 +44,7 @@ def test_both_forms() -> None:
         ({"name": "j", "dmq": "mirror"}, True, "queue[0].dmq: unknown value 'mirror'"),
         ({"name": "j", "dmq": "OWNER"}, True, "queue[0].dmq: unknown value"),
         ({"name": "j", "dmq": True}, True, "queue[0].dmq: unknown value"),
-        ({"name": "j", "owner": "sip:127.0.0.1:1"}, True, 'queue[0].owner: is only meaningful'),
+        ({"name": "j", "owner": "sip:127.0.0.1:1"}, True, "queue[0].owner: is only meaningful"),
         ({"name": "j", "dmq": "owner", "owner": 5091}, True, "queue[0].owner: must be a node"),
         ({"name": "j", "dmq": "owner", "owner": "sip:h.example:1"}, True, "queue[0].owner: bad"),
         ({"name": "j", "dmq": "owner", "owner": "sip:u@127.0.0.1:1"}, True, "queue[0].owner"),
