@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from pymqueue.errors import (
 
 if TYPE_CHECKING:
     from pymqueue.queue.sync import Queue
+    from pymqueue.queue.types import Record
 
 __all__ = [
     "BATCH_ITEMS",
@@ -89,12 +91,15 @@ RECHECK = 1.0
 """Seconds an idle forwarder sleeps on the doorbell before it looks again anyway."""
 POLL = 0.02
 """Seconds between looks when the queue's doorbell cannot be had (64 in use)."""
+PEEK_MIN = 1024
+"""Smallest byte budget of a peek."""
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 """Waits before sending again after an error reply (not after a timeout: that waited)."""
 ANNOUNCE_TRIES = 3
 
 BusLike = Bus | BusThread
+_KEY_VALUE = operator.itemgetter(0, 1)  # WireItem -> (key, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,7 @@ class _Dq:
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.retry = False
+        self.peek_bytes = MAX_BODY * 2 // 3
         self.forwarded = 0
         self.acknowledged = 0
         self.batches = 0
@@ -361,40 +367,73 @@ class MqueueService:
             if reader and dq.fd is not None:
                 loop.remove_reader(dq.fd)
 
+    def _batch(self, dq: _Dq, after_id: int) -> tuple[bytes, int, list[Record]]:
+        """Peek records after ``after_id`` and pack what fits: ``(body, n, records)``. The
+        peek's byte budget follows what the last bodies held (JSON costs more than the bytes
+        it carries: a peek of :data:`MAX_BODY` bytes would read records that do not fit)."""
+        records = dq.queue.peek_records(BATCH_ITEMS, after_id=after_id, max_bytes=dq.peek_bytes)
+        if not records:
+            return b"", 0, records
+        body, n = dq.builder.build(records)  # Record is (id, key, value)
+        if n < len(records):
+            dq.peek_bytes = max(PEEK_MIN, dq.peek_bytes * n // len(records))
+        elif len(body) < MAX_BODY:
+            dq.peek_bytes = min(MAX_BODY, dq.peek_bytes * MAX_BODY // len(body))
+        return body, n, records
+
     async def _forward(self, dq: _Dq) -> None:
         backoff = BACKOFF_MIN
+        loop = asyncio.get_running_loop()
+        ahead: tuple[bytes, int, int] | None = None  # the next batch, packed meanwhile
         try:
             while self.bus.running:
                 owner = dq.owner = self.owner_of(dq)
                 if owner == self.local:
                     dq.retry = False
+                    ahead = None
                     await self._wait(dq, RECHECK * 5, items=False)
                     continue
-                records = dq.queue.peek_records(BATCH_ITEMS, max_bytes=MAX_BODY)
-                if not records:
-                    await self._wait(dq, RECHECK, items=True)
-                    continue
-                body, n = dq.builder.build([(r.id, r.key, r.value) for r in records])
-                if n == 0:
-                    dq.too_large += dq.queue.discard_through(records[0].id)
-                    dq.last_error = (
-                        f"item {records[0].id} ({len(records[0].key) + len(records[0].value)} "
-                        f"bytes) cannot fit in one message: dropped"
-                    )
-                    log.error("mqueue %s: %s", display(dq.name), dq.last_error)
-                    continue
-                last_id = records[n - 1].id
+                if ahead is not None:
+                    body, n, last_id = ahead
+                    ahead = None
+                else:
+                    body, n, records = self._batch(dq, 0)
+                    if not records:
+                        await self._wait(dq, RECHECK, items=True)
+                        continue
+                    if n == 0:
+                        first = records[0]
+                        dq.too_large += dq.queue.discard_through(first.id)
+                        dq.last_error = (
+                            f"item {first.id} ({len(first.key) + len(first.value)} bytes) "
+                            "cannot fit in one message: dropped"
+                        )
+                        log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+                        continue
+                    last_id = records[n - 1].id
                 if dq.retry:
                     dq.resent += 1
                 dq.batches += 1
                 dq.forwarded += n
+                sending = loop.create_task(self.bus.send(CHANNEL, owner, body, CONTENT_TYPE))
+                if not dq.retry:
+                    # Pack the next batch while this one is in flight (still one in flight:
+                    # it leaves only after this one's 200). Two loop turns first: the send
+                    # task queues the datagram, the bus's transmit writes it.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                    nbody, nn, nrecords = self._batch(dq, last_id)
+                    if nn:
+                        ahead = (nbody, nn, nrecords[nn - 1].id)
                 try:
-                    reply = await self.bus.send(CHANNEL, owner, body, CONTENT_TYPE)
+                    reply = await sending
                 except DmqTimeout:
+                    ahead = None
                     dq.retry = True
                     dq.last_error = f"no reply from {owner} (timeout)"
                     continue  # the owner may have changed meanwhile: look again
                 except DmqError as exc:  # not in the node list any more, bus stopping
+                    ahead = None
                     dq.retry = True
                     dq.last_error = f"{owner}: {exc}"
                     self._refresh()
@@ -406,6 +445,7 @@ class MqueueService:
                     dq.retry = False
                     backoff = BACKOFF_MIN
                     continue
+                ahead = None
                 dq.retry = True
                 dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
                 if reply.code == 503:
@@ -455,7 +495,7 @@ class MqueueService:
         rec.duplicates += dups
         applied = 0
         try:
-            applied = queue.add_many([(it.key, it.value) for it in fresh], timeout=0)
+            applied = queue.add_many(list(map(_KEY_VALUE, fresh)), timeout=0)
             code: int | None = None
         except Full as exc:
             applied = int(getattr(exc, "done", 0))

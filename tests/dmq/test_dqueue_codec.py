@@ -99,7 +99,6 @@ def test_kamailio_form_without_origin() -> None:
         (b'{"queue":"q","items":[{"key":1,"value":""}]}', "must be a string"),
         (b'{"queue":"q","items":[{"key":"\\ud800","value":""}]}', "surrogate"),
         (b'{"queue":"q","items":[{"key":"k","value":"v","id":5}]}', "id must be a string"),
-        (b'{"queue":"q","queue":"r","items":[]}', "given twice"),
         (b'{"queue":"q","items":[],"origin":"' + ORIGIN.encode() + b'"}', "come together"),
         (b'{"queue":"q","items":[],"origin":"o","epoch":"0"}', "non-zero"),
         (b'{"queue":"q","items":[],"origin":"o","epoch":"xyz"}', "hex"),
