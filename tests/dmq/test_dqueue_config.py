@@ -69,3 +69,39 @@ def test_serve_refuses(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode != 0
     assert "queue[0].dmq: needs a [dmq] table" in out.stderr
+
+
+def test_instance_rpc_and_accessor(namespace: str) -> None:
+    from dmq_helpers import udp_port, uri  # noqa: PLC0415
+    from fix_postgres import free_port  # noqa: PLC0415
+
+    from pymqueue.errors import RpcError  # noqa: PLC0415
+    from pymqueue.instance import Instance  # noqa: PLC0415
+
+    me = uri(udp_port())
+    cfg = config_from_dict({
+        "rpc": {"port": free_port()},
+        "queue": [{"name": "dq-rpc", "dmq": "owner"}, {"name": "dq-plain"}],
+        "dmq": {"server_address": me, "ping_interval": 5, "fr_timer": 1},
+    })  # fmt: skip
+    with Instance(cfg, namespace=namespace) as inst:
+        assert inst.rpc is not None
+        assert inst.dqueues is not None
+        assert list(inst.dqueue_stats()) == ["dq-rpc"]  # the plain queue is not distributed
+
+        def rows() -> list[dict[str, Any]]:
+            assert inst.rpc is not None
+            return inst.rpc.call("dmq.queues", [])  # type: ignore[no-any-return]
+
+        # alone on the bus: this node owns the queue once the service runs
+        from dqueue_helpers import wait_for  # noqa: PLC0415
+
+        got = wait_for(rows, lambda r: r[0]["owner"] == me, 10, "owner known")
+        assert got[0]["queue"] == "dq-rpc"
+        assert got[0]["is_owner"] == 1
+        assert got[0]["configured_owner"] == ""
+        assert inst.rpc.call("dmq.queues", ["dq-rpc"]) == got
+        with pytest.raises(RpcError) as info:
+            inst.rpc.call("dmq.queues", ["dq-plain"])
+        assert info.value.code == 404
+    assert inst.dqueue_stats() == {}
