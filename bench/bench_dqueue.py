@@ -7,7 +7,9 @@
   processes). This process adds ``ITEMS`` items of 64-byte values (empty keys) to the
   outbox in one ``add_many`` (a few ms: far faster than forwarding) and polls the owner's
   queue until all are there; rate = items / time from the add to the last arrival. One batch
-  in flight per queue (stop-and-wait). Median of ``ROUNDS`` rounds, spread beside it.
+  in flight per queue (stop-and-wait). Median of ``ROUNDS`` rounds, spread beside it; the
+  CPU time per item of each ``serve`` process (``/proc/PID/stat``) is the steadier figure on
+  a loaded machine.
 * **failover**: three nodes (``ping_interval`` 5 s, ``fr_timer`` 1 s); the owner is killed
   with SIGKILL and an item is added at once on an outbox node; time until it is in the new
   owner's queue. Each round starts three new nodes.
@@ -36,6 +38,13 @@ VALUE = b"v" * 64
 TARGET = 200_000
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def uptime() -> str:
     with open("/proc/loadavg") as f:
         return "load average " + " ".join(f.read().split()[:3])
@@ -54,6 +63,7 @@ def test_forwarding_throughput(tmp_path: Path) -> None:
         all_active([owner, outbox])
         wait_for(outbox.stats, lambda s: s["owner"] == owner.uri, 30, "owner known")
         items = [(b"", VALUE)] * ITEMS
+        cpu0 = (cpu_seconds(outbox.pid), cpu_seconds(owner.pid))
         for _ in range(ROUNDS):
             t0 = time.perf_counter()
             outbox.queue.add_many(items)
@@ -61,6 +71,10 @@ def test_forwarding_throughput(tmp_path: Path) -> None:
             dt = time.perf_counter() - t0
             rates.append(ITEMS / dt)
             owner.queue.fetch_many(ITEMS)
+        cpu = [
+            (cpu_seconds(p) - c) / (ITEMS * ROUNDS) * 1e6
+            for p, c in zip((outbox.pid, owner.pid), cpu0, strict=True)
+        ]
         s = outbox.stats()
     print(f"after: {uptime()}")
     med = statistics.median(rates)
@@ -72,6 +86,11 @@ def test_forwarding_throughput(tmp_path: Path) -> None:
         f" | {TARGET:,} ({verdict}) |"
     )
     print(f"batches {s['batches']}, items/batch {s['forwarded'] / s['batches']:.0f}")
+    print(
+        f"CPU per item: outbox process {cpu[0]:.2f} us, owner process {cpu[1]:.2f} us "
+        f"(on two idle cores: ~{1e6 / sum(cpu):,.0f} items/s if nothing overlapped, "
+        f"~{1e6 / max(cpu):,.0f} if everything did)"
+    )
 
 
 def arrived(rest: list[Node]) -> bool:

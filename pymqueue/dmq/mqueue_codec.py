@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 import hashlib
 import itertools
 import json
@@ -87,6 +88,10 @@ class WireItem(NamedTuple):
     value: bytes
     id: str | None = None
     seq: int = 0
+
+
+_new_item = functools.partial(tuple.__new__, WireItem)
+"""``WireItem`` from a 4-tuple without a Python-level call (map over many)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +261,7 @@ def _decode_items(doc: dict[str, Any]) -> ItemsMessage:
 
 
 _THREE = frozenset({3})
+_ID_KEY_VALUE = operator.itemgetter("id", "key", "value")
 _DICT = frozenset({dict})
 _STR = frozenset({str})
 
@@ -269,9 +275,7 @@ def _bulk_items(raw: list[Any]) -> tuple[WireItem, ...] | None:
     try:
         if set(map(type, raw)) != _DICT or set(map(len, raw)) != _THREE:
             return None
-        ids = [o["id"] for o in raw]
-        keys = [o["key"] for o in raw]
-        values = [o["value"] for o in raw]
+        ids, keys, values = zip(*map(_ID_KEY_VALUE, raw), strict=True)
     except KeyError:
         return None
     if set(map(type, ids)) != _STR or set(map(type, keys)) != _STR:
@@ -287,11 +291,11 @@ def _bulk_items(raw: list[Any]) -> tuple[WireItem, ...] | None:
     if seqs[0] < 1 or seqs[-1] > MAX_ID or not all(map(operator.lt, seqs, seqs[1:])):
         return None
     try:
-        kbs = list(map(str.encode, keys))
-        vbs = list(map(str.encode, values))
+        kbs = map(str.encode, keys)
+        vbs = map(str.encode, values)
+        return tuple(map(_new_item, zip(kbs, vbs, ids, seqs, strict=True)))
     except UnicodeEncodeError:
         return None
-    return tuple(map(WireItem, kbs, vbs, ids, seqs))
 
 
 def _decode_carries(doc: dict[str, Any]) -> Carries:
