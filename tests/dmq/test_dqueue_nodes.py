@@ -91,6 +91,8 @@ def test_owner_killed(tmp_path: Path, namespace: str) -> None:
         for n in three:
             produce(n, n.name, 0, N)
         wait_for(owner.queue.size, lambda k: k == 3 * N, 60, "phase 1 on the owner")
+        for n in rest:  # and acknowledged (else the kill would fall inside a stream)
+            wait_for(n.stats, lambda st: st["outbox"] == 0, 30, f"{n.name} outbox empty")
         got: list[tuple[str, int]] = []
         got += [(k.decode(), int(v)) for k, v in owner.queue.fetch_many(3 * N // 2)]
         owner.close_queue()
@@ -136,6 +138,8 @@ def test_configured_owner_returns(tmp_path: Path, namespace: str) -> None:
         for n in (a, b):
             produce(n, n.name, 0, N)
         wait_for(c.queue.size, lambda k: k == 2 * N, 60, "phase 1 on c")
+        for n in (a, b):
+            wait_for(n.stats, lambda st: st["outbox"] == 0, 30, f"{n.name} outbox empty")
         got: list[tuple[str, int]] = []
         got += [(k.decode(), int(v)) for k, v in c.queue.fetch_many(N)]
         c.close_queue()
@@ -144,6 +148,9 @@ def test_configured_owner_returns(tmp_path: Path, namespace: str) -> None:
         for n in (a, b):
             produce(n, n.name, N, N)
         wait_for(interim.queue.size, lambda k: k == 2 * N, 60, "phase 2 on interim")
+        for n in (a, b):
+            if n is not interim:
+                wait_for(n.stats, lambda st: st["outbox"] == 0, 30, f"{n.name} outbox empty")
         c.start()  # re-attaches its segment; ownership comes back to it
         assert wait_owner(three, 60) is c
         for n in (a, b):
