@@ -52,10 +52,20 @@ class Node:
                  fr: float = 1, size: int = 0) -> None:  # fmt: skip
         self.name = name
         self.namespace = namespace
+        self.fixed_port = port is not None  # others may name this node: never re-picked
+        self.referenced = False
         self.port = port or udp_port()
         self.uri = uri(self.port)
         self.rpc_port = free_port()
         self.conf = tmp / f"{name}.toml"
+        self._settings = (notify, owner, ping, fr, size)
+        self._write()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._q: Queue | None = None
+
+    def _write(self) -> None:
+        notify, owner, ping, fr, size = self._settings
+        namespace = self.namespace
         lines = [
             f'namespace = "{namespace}"',
             "[rpc]",
@@ -72,22 +82,32 @@ class Node:
         if notify:
             lines.append(f'notification_address = "{notify}"')
         self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._q: Queue | None = None
 
     def start(self) -> Node:
+        """Start ``pymqueue serve``; a port taken meanwhile by another process of this
+        shared machine is picked again (the RPC port always, the UDP port when no other
+        node's config names it), up to three times."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pymqueue", "serve", "-c", str(self.conf)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()  # blocks until ready or exit
-        if not line.startswith("pymqueue: ready"):
+        for attempt in range(3):
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pymqueue", "serve", "-c", str(self.conf)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+            )  # fmt: skip
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline().decode()  # blocks until ready or exit
+            if line.startswith("pymqueue: ready"):
+                return self
             self.proc.wait(10)
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise AssertionError(f"{self.name} did not start: {line!r} {err[-2000:]}")
-        return self
+            self._close_pipes()
+            if "Address already in use" not in err or attempt == 2:
+                raise AssertionError(f"{self.name} did not start: {line!r} {err[-2000:]}")
+            self.rpc_port = free_port()
+            if not (self.fixed_port or self.referenced):
+                self.port = udp_port()
+                self.uri = uri(self.port)
+            self._write()
+        raise AssertionError("unreachable")
 
     @property
     def pid(self) -> int:
@@ -139,12 +159,15 @@ class Node:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        self._close_pipes()
+        self.close_queue()
+
+    def _close_pipes(self) -> None:
         if self.proc is not None:
             for f in (self.proc.stdout, self.proc.stderr):
                 if f is not None:
                     with contextlib.suppress(OSError):
                         f.close()
-        self.close_queue()
 
     def close_queue(self) -> None:
         if self._q is not None:
@@ -165,6 +188,16 @@ class Nodes:
     def add(self, name: str, **kw: Any) -> Node:
         # each node its own namespace: the session's plus the node's name
         node = Node(self.tmp, name, f"{self.namespace}{name}", **kw)
+        taken = {p for n in self.all for p in (n.port, n.rpc_port)}
+        while not node.fixed_port and node.port in taken:  # the kernel gave one out twice
+            node.port = udp_port()
+            node.uri = uri(node.port)
+        while node.rpc_port in taken:
+            node.rpc_port = free_port()
+        node._write()
+        for other in self.all:
+            if other.uri in (kw.get("notify"), kw.get("owner")):
+                other.referenced = True
         self.all.append(node)
         return node
 

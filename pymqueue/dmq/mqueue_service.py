@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import operator
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -179,8 +178,6 @@ class MqueueService:
         bus: BusLike,
         queues: Iterable[tuple[Queue, str | None]],
         other_queues: Iterable[Queue] = (),
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from pymqueue.queue.sync import Queue  # noqa: PLC0415
 
@@ -199,7 +196,6 @@ class MqueueService:
         self._active: frozenset[NodeId] = frozenset()
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._clock = clock
         self.refused = 0
         """Bodies answered 400 (malformed) or 404 (unknown queue)."""
         self._carries_body = encode_carries(self._dqs)
@@ -261,16 +257,16 @@ class MqueueService:
             with contextlib.suppress(QueueError):
                 dq.queue.close()
 
+    def __repr__(self) -> str:
+        names = ", ".join(repr(display(n)) for n in self._dqs)
+        return f"<pymqueue.dmq.MqueueService {self.local} queues=[{names}] at {id(self):#x}>"
+
     # -- ownership ------------------------------------------------------------------------
     def owner_of(self, dq: _Dq) -> NodeId:
         return rendezvous_owner(dq.name, self.local, self._active, self.carriers, dq.configured)
 
     def _refresh(self) -> None:
-        self._active = frozenset(
-            n.node
-            for n in self.bus.nodes()
-            if not n.local and n.status is NodeStatus.ACTIVE and n.node.transport in (None, "udp")
-        )
+        self._active = frozenset(self._active_now())
         for dq in self._dqs.values():
             owner = self.owner_of(dq)
             if owner != dq.owner:
@@ -478,8 +474,9 @@ class MqueueService:
             log.info("mqueue: 400 to %s: %s", req.node, exc.detail)
             return PeerReply(400, _reason("Bad Request", exc.detail))
         if isinstance(msg, Carries):
-            self.carriers[req.node] = msg.queues
-            self._refresh()
+            if req.known:  # bounded by the node list (max_nodes); others get our list only
+                self.carriers[req.node] = msg.queues
+                self._refresh()
             return PeerReply(200, "OK", self._carries_body, CONTENT_TYPE)
         queue = self._target(msg.queue)
         if queue is None:
