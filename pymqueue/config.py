@@ -197,7 +197,10 @@ def parse_htable_defs(table: Mapping[str, Any], source: str | None = None) -> tu
 _TOP_KEYS = frozenset(
     {"namespace", "db_url", "db_sync_interval", "modparam", "queue", "rpc", "dmq"}
 )
-_QUEUE_KEYS = frozenset({"mqueue", "name", "size", "dbmode", "addmode", "policy", "capacity"})
+_QUEUE_KEYS = frozenset(
+    {"mqueue", "name", "size", "dbmode", "addmode", "policy", "capacity", "dmq", "owner"}
+)
+_DMQ_MODES = ("owner",)
 _RPC_KEYS = frozenset({"host", "port", "unix"})
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-]{0,32}")
 
@@ -271,6 +274,7 @@ def _queue_table(ctx: _Ctx, key: str, table: Mapping[str, Any]) -> QueueDef:
         isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0
     ):
         raise ctx.error(f"{key}.capacity", f"must be a positive integer (bytes), got {capacity!r}")
+    dmq, owner = _queue_dmq(ctx, key, table)
     return QueueDef(
         name=base.name,
         size=base.size,
@@ -278,7 +282,33 @@ def _queue_table(ctx: _Ctx, key: str, table: Mapping[str, Any]) -> QueueDef:
         addmode=base.addmode,
         policy=policy,
         capacity=capacity,
+        dmq=dmq,
+        owner=owner,
     )
+
+
+def _queue_dmq(ctx: _Ctx, key: str, table: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``dmq`` and ``owner`` of a ``[[queue]]`` table (queues across hosts)."""
+    dmq = table.get("dmq")
+    if dmq is not None and dmq not in _DMQ_MODES:
+        raise ctx.error(f"{key}.dmq", f"unknown value {dmq!r} (one of: {', '.join(_DMQ_MODES)})")
+    owner = table.get("owner")
+    if owner is None:
+        return dmq, None
+    if dmq != "owner":
+        raise ctx.error(f"{key}.owner", 'is only meaningful with dmq = "owner"')
+    from pymqueue.dmq.nodes import NodeId  # noqa: PLC0415 - keep the dmq package lazy
+    from pymqueue.errors import DmqProtocolError  # noqa: PLC0415
+
+    if not isinstance(owner, str):
+        raise ctx.error(f"{key}.owner", f"must be a node URI string, got {owner!r}")
+    try:
+        node = NodeId.parse(owner)
+    except DmqProtocolError as exc:
+        raise ctx.error(f"{key}.owner", f"bad node URI {owner!r}: {exc}") from None
+    if not node.port or node.transport not in (None, "udp"):
+        raise ctx.error(f"{key}.owner", f"{owner!r}: a UDP node URI with a port is needed")
+    return dmq, str(node)
 
 
 def _rpc_table(ctx: _Ctx, table: object) -> RpcConfig:
@@ -382,6 +412,10 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Inst
         if not isinstance(dmq, Mapping):
             raise ctx.error("dmq", "must be a table")
         parse_dmq_table(dmq, source)
+    else:
+        for i, table in enumerate(tables):
+            if table.get("dmq") is not None:
+                raise ctx.error(f"queue[{i}].dmq", "needs a [dmq] table (the bus to use)")
 
     return InstanceConfig(
         queues=mp.queues,

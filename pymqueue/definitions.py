@@ -36,7 +36,9 @@ class QueueDef:
     ``name`` is the exact byte string (compared case-sensitively, like Kamailio);
     ``size`` is the maximum item count, ``0`` meaning unbounded. ``policy`` and ``capacity``
     are pymqueue extras (overflow policy and ring size in bytes) with Kamailio's behaviour
-    as the default.
+    as the default. ``dmq``/``owner`` make it a queue across hosts (``dmq = "owner"``: an
+    owner node per queue, outboxes elsewhere; ``owner``: the preferred owner's node URI), see
+    :mod:`pymqueue.dmq.mqueue_service`.
     """
 
     name: bytes
@@ -45,6 +47,8 @@ class QueueDef:
     addmode: AddMode = AddMode.APPEND
     policy: Overflow = Overflow.DROP_OLDEST
     capacity: int | None = None
+    dmq: str | None = None
+    owner: str | None = None
 
     @property
     def display_name(self) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidSegment",
     "ItemTooLarge",
     "LockTimeout",
+    "MqueueDecodeError",
     "QueueClosed",
     "QueueError",
     "QueueExists",
@@ -133,3 +134,15 @@ class HtableValueError(HtableError, ValueError):
     """A key, value, pattern or message that Kamailio's htable cannot carry (refused, never
     mangled): not UTF-8, a NUL character, an integer outside 32 bits, too large for a DMQ
     message, or a malformed htable body."""
+
+
+class MqueueDecodeError(DmqProtocolError):
+    """A body on the ``mqueue`` DMQ channel (queues across hosts) that is refused: not the
+    JSON the wire format describes (:mod:`pymqueue.dmq.mqueue_codec`). ``code``/``reason``
+    is the SIP reply it gets (400), ``detail`` says what is wrong."""
+
+    def __init__(self, detail: str, code: int = 400, reason: str = "Bad Request") -> None:
+        super().__init__(f"{code} {reason}: {detail}")
+        self.code = code
+        self.reason = reason
+        self.detail = detail

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pymqueue.dmq import BusThread
     from pymqueue.dmq.core import DmqConfig
     from pymqueue.dmq.htable_replica import Htable
+    from pymqueue.dmq.mqueue_service import DqueueStats, MqueueService
     from pymqueue.queue.sync import Queue
     from pymqueue.rpc import RpcServer
 
@@ -63,6 +64,8 @@ class Instance:
         self.dmq = None
         self.htables: dict[str, Htable] = {}
         """Replicated htables (``[[dmq.htable]]``) by name, while started."""
+        self.dqueues: MqueueService | None = None
+        """The ``mqueue`` channel (queues with ``dmq = "owner"``), while started."""
         self._queues: dict[bytes, Queue] = {}
         self._registry: dict[str, Queue] = {}
         self._attached: set[bytes] = set()
@@ -110,6 +113,12 @@ class Instance:
                 return qdef
         text = display(raw)
         raise QueueNotFound(f"No such queue: {text!r}", queue=text)
+
+    def dqueue_stats(self) -> dict[str, DqueueStats]:
+        """Owner, outbox and counters of each ``dmq = "owner"`` queue (empty if none or
+        stopped); also the RPC ``dmq.queues`` and ``pymqueue_dqueue_*`` metrics."""
+        service = self.dqueues
+        return service.stats() if service is not None else {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -198,10 +207,25 @@ class Instance:
 
             for hdef in self.config.htables:
                 self.htables[hdef.name] = Htable(bus, hdef)
+        distributed = [qdef for qdef in self.config.queues if qdef.dmq is not None]
+        if distributed:  # before start: it learns who carries what as nodes come up
+            from pymqueue.dmq.mqueue_service import MqueueService  # noqa: PLC0415
+
+            names = {qdef.name for qdef in distributed}
+            self.dqueues = MqueueService(
+                bus,
+                [(self._queues[qdef.name], qdef.owner) for qdef in distributed],
+                [q for raw, q in self._queues.items() if raw not in names],
+            )
         bus.start()
         self.dmq = bus
+        if self.dqueues is not None:
+            self.dqueues.start()
         if self.rpc is not None:
             register_dmq_rpc(self.rpc, bus)
+            from pymqueue.dmq.mqueue_service import register_dqueue_rpc  # noqa: PLC0415
+
+            register_dqueue_rpc(self.rpc, self.dqueue_stats)
             if self.config.htables:
                 from pymqueue.kamailio.htable_rpc import register_htable_rpc  # noqa: PLC0415
 
@@ -215,6 +239,9 @@ class Instance:
             except Exception as exc:
                 errors.append(exc)
             self.dmq = None
+        if self.dqueues is not None:
+            self.dqueues.close()
+            self.dqueues = None
         for table in self.htables.values():
             table.close()
         self.htables.clear()

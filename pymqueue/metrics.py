@@ -48,6 +48,16 @@ _BUS_COUNTERS = {
 }
 
 
+_DQUEUE_COUNTERS = {
+    "forwarded": ("dqueue_forwarded", "Items sent to the owner (each attempt)."),
+    "acknowledged": ("dqueue_acknowledged", "Items the owner acknowledged (left the outbox)."),
+    "resent": ("dqueue_resent", "Batches sent again after a timeout or an error."),
+    "received": ("dqueue_received", "Items received from other nodes."),
+    "applied": ("dqueue_applied", "Items received and added to the local queue."),
+    "duplicates": ("dqueue_duplicates", "Items received and dropped as already applied."),
+}
+
+
 class _Stats(Protocol):
     def stats(self) -> QueueStats: ...
 
@@ -111,6 +121,40 @@ class _InstanceCollector:
         yield from counters.values()
         yield waiters
         yield from self._dmq()
+        yield from self._dqueues()
+
+    def _dqueues(self) -> Iterator[Any]:
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        read = getattr(self.instance, "dqueue_stats", None)  # Instance.dqueue_stats
+        stats = read() if read is not None else {}
+        if not stats:
+            return
+        outbox = GaugeMetricFamily(
+            f"{PREFIX}_dqueue_outbox_items",
+            "Items waiting in this node's outbox (0 on the owner).",
+            labels=["queue"],
+        )
+        owner = GaugeMetricFamily(
+            f"{PREFIX}_dqueue_owner",
+            "1 for the node this node sees as the queue's owner.",
+            labels=["queue", "owner", "local"],
+        )
+        counters = {
+            f: CounterMetricFamily(f"{PREFIX}_{n}", h, labels=["queue"])
+            for f, (n, h) in _DQUEUE_COUNTERS.items()
+        }
+        for name, s in stats.items():
+            outbox.add_metric([name], s.outbox)
+            owner.add_metric([name, s.owner or "", "true" if s.is_owner else "false"], 1)
+            for f, c in counters.items():
+                c.add_metric([name], getattr(s, f))
+        yield outbox
+        yield owner
+        yield from counters.values()
 
     def _dmq(self) -> Iterator[Any]:
         from prometheus_client.core import (  # noqa: PLC0415

@@ -1,0 +1,562 @@
+"""Queues across hosts: :class:`MqueueService`, the ``mqueue`` channel of one bus.
+
+A queue declared ``dmq = "owner"`` on several nodes has one **owner** at a time: its configured
+``owner`` while that node is active on the bus; otherwise the rendezvous-hash winner among the
+active nodes that carry the queue, this node included (:func:`~pymqueue.dmq.mqueue_codec.
+rendezvous_owner`). On every other node the local shared-memory queue is an **outbox**:
+producers add to it as usual and a forwarder (one task per queue in the bus's loop) peeks a
+batch of records (at most :data:`~pymqueue.dmq.mqueue_codec.MAX_BODY` bytes of body), sends it
+to the owner and, on a 200, discards exactly what was sent (:meth:`Queue.discard_through`).
+One batch is in flight per queue (stop-and-wait): per-origin order holds over a lossy link,
+and a timeout or error re-evaluates the owner and sends again (the owner drops what it already
+applied: per (origin, queue, epoch) the highest id applied is kept).
+
+The forwarder sleeps on the queue's doorbell (:meth:`Queue.fileno`/:meth:`Queue.arm`,
+``loop.add_reader``) while the outbox is empty, looks again every :data:`RECHECK` seconds in
+case a producer died between its add and its ring, and polls every :data:`POLL` seconds if the
+queue's doorbell table is full.
+
+Membership: when a node becomes active we send it ``{"carries": [...]}`` (the distributed
+queues we carry) and its 200 carries its own; what a node carries is forgotten when it goes
+down. A Kamailio node never announces: it owns a queue only as its configured ``owner``.
+
+Receiving: items for any queue of the instance are added to its shared-memory queue (whether
+or not we own it: a non-owner's forwarder moves them on), duplicates dropped as described in
+:class:`~pymqueue.dmq.mqueue_codec.Dedup`; 200 ``{"applied","duplicates"}``, 503
+``{"applied"}`` when the queue is full (reject/block policy), 404 unknown queue, 400 malformed.
+
+Everything runs in the bus's thread; :meth:`MqueueService.stats` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import operator
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pymqueue._text import display, name_bytes
+from pymqueue.dmq.bus import Bus
+from pymqueue.dmq.core import IncomingRequest, PeerReply
+from pymqueue.dmq.events import DmqEvent, Joined, NodeDown, NodeStatusChanged, NodeUp
+from pymqueue.dmq.mqueue_codec import (
+    CHANNEL,
+    CONTENT_TYPE,
+    MAX_BODY,
+    BatchBuilder,
+    Carries,
+    Dedup,
+    ItemsMessage,
+    ItemsReply,
+    decode,
+    decode_reply,
+    encode_carries,
+    encode_reply,
+    rendezvous_owner,
+)
+from pymqueue.dmq.nodes import NodeId, NodeStatus
+from pymqueue.dmq.thread import BusThread
+from pymqueue.errors import (
+    DmqError,
+    DmqTimeout,
+    Full,
+    ItemTooLarge,
+    MqueueDecodeError,
+    QueueError,
+    RpcError,
+)
+
+if TYPE_CHECKING:
+    from pymqueue.queue.sync import Queue
+    from pymqueue.queue.types import Record
+
+__all__ = [
+    "BATCH_ITEMS",
+    "POLL",
+    "RECHECK",
+    "DqueueStats",
+    "MqueueService",
+    "register_dqueue_rpc",
+]
+
+log = logging.getLogger("pymqueue.dmq.mqueue")
+
+BATCH_ITEMS = 4096
+"""Most records peeked for one batch (the body limit usually stops it first)."""
+RECHECK = 1.0
+"""Seconds an idle forwarder sleeps on the doorbell before it looks again anyway."""
+POLL = 0.02
+"""Seconds between looks when the queue's doorbell cannot be had (64 in use)."""
+PEEK_MIN = 1024
+"""Smallest byte budget of a peek."""
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 2.0
+"""Waits before sending again after an error reply (not after a timeout: that waited)."""
+ANNOUNCE_TRIES = 3
+
+BusLike = Bus | BusThread
+_KEY_VALUE = operator.itemgetter(0, 1)  # WireItem -> (key, value)
+
+
+@dataclass(frozen=True, slots=True)
+class DqueueStats:
+    """A snapshot of one distributed queue on this node (:meth:`MqueueService.stats`).
+
+    ``owner``: the owner as this node sees it (None before the bus runs); ``outbox``: items
+    waiting here to be forwarded (0 while this node is the owner); ``forwarded``: items sent
+    (each attempt); ``acknowledged``: items the owner answered 200 for (removed here);
+    ``batches``: messages sent; ``resent``: messages sent again after a timeout or error;
+    ``received``/``applied``/``duplicates``: items that arrived here, were added to the
+    local queue, were dropped as already applied; ``too_large``: items dropped here because
+    one item alone does not fit in a message; ``last_error``: the last failure, None if none.
+    """
+
+    queue: str
+    owner: str | None
+    is_owner: bool
+    configured_owner: str | None
+    outbox: int
+    forwarded: int
+    acknowledged: int
+    batches: int
+    resent: int
+    received: int
+    applied: int
+    duplicates: int
+    too_large: int
+    last_error: str | None
+
+
+class _Dq:
+    """The state of one distributed queue (bus thread)."""
+
+    def __init__(self, queue: Queue, configured: NodeId | None, origin: str) -> None:
+        self.queue = queue
+        self.name = queue.raw_name
+        self.configured = configured
+        self.builder = BatchBuilder(self.name, origin, queue.epoch)
+        self.owner: NodeId | None = None
+        self.fd: int | None = None
+        self.no_bell = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.retry = False
+        self.peek_bytes = MAX_BODY * 2 // 3
+        self.forwarded = 0
+        self.acknowledged = 0
+        self.batches = 0
+        self.resent = 0
+        self.too_large = 0
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+@dataclass(slots=True)
+class _Received:
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+
+
+class MqueueService:
+    """The ``mqueue`` channel of ``bus``: forwarders for the distributed queues (``queues``:
+    ``(queue, configured owner URI or None)``), and the receiving side for those and for
+    ``other_queues`` (items for them are added, never forwarded). Create it before the bus
+    starts (it learns who carries what from the nodes that come up); the queue handles stay
+    the caller's (the service opens its own handle of each distributed queue, for its
+    doorbell, and closes it in :meth:`close`)."""
+
+    def __init__(
+        self,
+        bus: BusLike,
+        queues: Iterable[tuple[Queue, str | None]],
+        other_queues: Iterable[Queue] = (),
+    ) -> None:
+        from pymqueue.queue.sync import Queue  # noqa: PLC0415
+
+        self.bus: Bus = bus.bus if isinstance(bus, BusThread) else bus
+        self.local = self.bus.local
+        origin = str(self.local)
+        self._dqs: dict[bytes, _Dq] = {}
+        for q, owner in queues:
+            handle = Queue(q.raw_name, namespace=q.namespace, create=False)
+            configured = NodeId.parse(owner) if owner is not None else None
+            self._dqs[q.raw_name] = _Dq(handle, configured, origin)
+        self._others: dict[bytes, Queue] = {q.raw_name: q for q in other_queues}
+        self._received: dict[bytes, _Received] = {}
+        self.dedup = Dedup()
+        self.carriers: dict[NodeId, frozenset[bytes]] = {}
+        self._active: frozenset[NodeId] = frozenset()
+        self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0
+        """Bodies answered 400 (malformed) or 404 (unknown queue)."""
+        self._carries_body = encode_carries(self._dqs)
+        bus.register(CHANNEL, self._handle)
+        bus.add_listener(self._on_event)
+
+    # -- access (any thread) -------------------------------------------------------------
+    @property
+    def names(self) -> list[bytes]:
+        return list(self._dqs)
+
+    def stats(self) -> dict[str, DqueueStats]:
+        """One :class:`DqueueStats` per distributed queue, by name (text)."""
+        out: dict[str, DqueueStats] = {}
+        for name, dq in list(self._dqs.items()):
+            rec = self._received.get(name, _Received())
+            owner = dq.owner
+            is_owner = owner == self.local
+            try:
+                outbox = 0 if is_owner else dq.queue.size()
+            except QueueError:
+                outbox = 0
+            out[display(name)] = DqueueStats(
+                queue=display(name),
+                owner=None if owner is None else str(owner),
+                is_owner=is_owner,
+                configured_owner=None if dq.configured is None else str(dq.configured),
+                outbox=outbox,
+                forwarded=dq.forwarded,
+                acknowledged=dq.acknowledged,
+                batches=dq.batches,
+                resent=dq.resent,
+                received=rec.received,
+                applied=rec.applied,
+                duplicates=rec.duplicates,
+                too_large=dq.too_large,
+                last_error=dq.last_error,
+            )
+        return out
+
+    def start(self) -> None:
+        """Start the forwarders once the bus runs (any thread; they also start at the
+        bus's first event or request)."""
+        loop = self.bus.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def go() -> None:
+            self._ensure_started()
+            if self._started:
+                self._refresh()
+
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(go)
+
+    def close(self) -> None:
+        """Close the service's queue handles (after the bus stopped). Idempotent."""
+        for dq in self._dqs.values():
+            with contextlib.suppress(QueueError):
+                dq.queue.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(repr(display(n)) for n in self._dqs)
+        return f"<pymqueue.dmq.MqueueService {self.local} queues=[{names}] at {id(self):#x}>"
+
+    # -- ownership ------------------------------------------------------------------------
+    def owner_of(self, dq: _Dq) -> NodeId:
+        return rendezvous_owner(dq.name, self.local, self._active, self.carriers, dq.configured)
+
+    def _refresh(self) -> None:
+        self._active = frozenset(self._active_now())
+        for dq in self._dqs.values():
+            owner = self.owner_of(dq)
+            if owner != dq.owner:
+                if dq.owner is not None:
+                    log.info("mqueue %s: owner %s -> %s", display(dq.name), dq.owner, owner)
+                dq.owner = owner
+                dq.wake()
+
+    def _on_event(self, event: DmqEvent) -> None:
+        self._ensure_started()
+        if isinstance(event, NodeDown):
+            self.carriers.pop(event.node, None)
+        elif isinstance(event, NodeUp):
+            self._spawn(self._announce(event.node))
+        elif isinstance(event, Joined):
+            for node in self._active_now():
+                self._spawn(self._announce(node))
+        elif isinstance(event, NodeStatusChanged) and event.new is None:
+            self.carriers.pop(event.node, None)
+        self._refresh()
+
+    def _active_now(self) -> list[NodeId]:
+        return [
+            n.node
+            for n in self.bus.nodes()
+            if not n.local and n.status is NodeStatus.ACTIVE and n.node.transport in (None, "udp")
+        ]
+
+    async def _announce(self, node: NodeId) -> None:
+        for _ in range(ANNOUNCE_TRIES):
+            if not self.bus.running:
+                return
+            try:
+                reply = await self.bus.send(CHANNEL, node, self._carries_body, CONTENT_TYPE)
+            except DmqTimeout:
+                continue
+            except DmqError as exc:
+                log.debug("mqueue: carries to %s: %s", node, exc)
+                return
+            if reply.code == 200:
+                got = decode_reply(reply.body)
+                if isinstance(got, Carries):
+                    self.carriers[node] = got.queues
+                    self._refresh()
+            return
+
+    # -- tasks ----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        loop = self.bus.loop
+        if loop is None or not self.bus.running:
+            coro.close()
+            return None
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _ensure_started(self) -> None:
+        if self._started or self.bus.loop is None or not self.bus.running:
+            return
+        self._started = True
+        for dq in self._dqs.values():
+            dq.task = self._spawn(self._forward(dq))
+
+    # -- forwarding -----------------------------------------------------------------------
+    async def _wait(self, dq: _Dq, timeout: float, items: bool) -> None:
+        """Until ``timeout``, a change of owner (``dq.wake``) or (``items``) the doorbell."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        dq.waiter = fut
+        reader = False
+        if items:
+            if dq.no_bell:
+                timeout = min(timeout, POLL)
+            else:
+                try:
+                    if dq.fd is None:
+                        dq.fd = dq.queue.fileno()
+                    if dq.queue.arm():  # items now (arm drains the rings already read)
+                        dq.waiter = None
+                        return
+                    loop.add_reader(dq.fd, dq.wake)
+                    reader = True
+                except OSError as exc:  # BellTableFull, no socket: poll instead
+                    log.warning("mqueue %s: no doorbell (%s): polling", display(dq.name), exc)
+                    dq.no_bell = True
+                    timeout = min(timeout, POLL)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await fut
+        finally:
+            dq.waiter = None
+            if reader and dq.fd is not None:
+                loop.remove_reader(dq.fd)
+
+    def _batch(self, dq: _Dq, after_id: int) -> tuple[bytes, int, list[Record]]:
+        """Peek records after ``after_id`` and pack what fits: ``(body, n, records)``. The
+        peek's byte budget follows what the last bodies held (JSON costs more than the bytes
+        it carries: a peek of :data:`MAX_BODY` bytes would read records that do not fit)."""
+        records = dq.queue.peek_records(BATCH_ITEMS, after_id=after_id, max_bytes=dq.peek_bytes)
+        if not records:
+            return b"", 0, records
+        body, n = dq.builder.build(records)  # Record is (id, key, value)
+        if n < len(records):
+            dq.peek_bytes = max(PEEK_MIN, dq.peek_bytes * n // len(records))
+        elif len(body) < MAX_BODY:
+            dq.peek_bytes = min(MAX_BODY, dq.peek_bytes * MAX_BODY // len(body))
+        return body, n, records
+
+    async def _forward(self, dq: _Dq) -> None:
+        backoff = BACKOFF_MIN
+        loop = asyncio.get_running_loop()
+        ahead: tuple[bytes, int, int] | None = None  # the next batch, packed meanwhile
+        try:
+            while self.bus.running:
+                owner = dq.owner = self.owner_of(dq)
+                if owner == self.local:
+                    dq.retry = False
+                    ahead = None
+                    await self._wait(dq, RECHECK * 5, items=False)
+                    continue
+                if ahead is not None:
+                    body, n, last_id = ahead
+                    ahead = None
+                else:
+                    body, n, records = self._batch(dq, 0)
+                    if not records:
+                        await self._wait(dq, RECHECK, items=True)
+                        continue
+                    if n == 0:
+                        first = records[0]
+                        dq.too_large += dq.queue.discard_through(first.id)
+                        dq.last_error = (
+                            f"item {first.id} ({len(first.key) + len(first.value)} bytes) "
+                            "cannot fit in one message: dropped"
+                        )
+                        log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+                        continue
+                    last_id = records[n - 1].id
+                if dq.retry:
+                    dq.resent += 1
+                dq.batches += 1
+                dq.forwarded += n
+                sending = loop.create_task(self.bus.send(CHANNEL, owner, body, CONTENT_TYPE))
+                if not dq.retry:
+                    # Pack the next batch while this one is in flight (still one in flight:
+                    # it leaves only after this one's 200). Two loop turns first: the send
+                    # task queues the datagram, the bus's transmit writes it.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                    nbody, nn, nrecords = self._batch(dq, last_id)
+                    if nn:
+                        ahead = (nbody, nn, nrecords[nn - 1].id)
+                try:
+                    reply = await sending
+                except DmqTimeout:
+                    ahead = None
+                    dq.retry = True
+                    dq.last_error = f"no reply from {owner} (timeout)"
+                    continue  # the owner may have changed meanwhile: look again
+                except DmqError as exc:  # not in the node list any more, bus stopping
+                    ahead = None
+                    dq.retry = True
+                    dq.last_error = f"{owner}: {exc}"
+                    self._refresh()
+                    await self._wait(dq, backoff, items=False)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                if reply.code == 200:
+                    dq.acknowledged += dq.queue.discard_through(last_id)
+                    dq.retry = False
+                    backoff = BACKOFF_MIN
+                    continue
+                ahead = None
+                dq.retry = True
+                dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
+                if reply.code == 503:
+                    got = decode_reply(reply.body)
+                    if isinstance(got, ItemsReply) and got.applied:
+                        backoff = BACKOFF_MIN  # progress: the owner keeps what it applied
+                log.info("mqueue %s: %s", display(dq.name), dq.last_error)
+                await self._wait(dq, backoff, items=False)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        except asyncio.CancelledError:
+            raise
+        except QueueError as exc:  # the queue was closed under us (instance stopping)
+            dq.last_error = f"forwarder stopped: {exc}"
+            log.debug("mqueue %s: %s", display(dq.name), dq.last_error)
+        except Exception as exc:  # pragma: no cover - a bug: say it loudly
+            dq.last_error = f"forwarder crashed: {exc!r}"
+            log.exception("mqueue %s: forwarder crashed", display(dq.name))
+
+    # -- receiving ------------------------------------------------------------------------
+    def _target(self, name: bytes) -> Queue | None:
+        dq = self._dqs.get(name)
+        return dq.queue if dq is not None else self._others.get(name)
+
+    def _handle(self, req: IncomingRequest) -> PeerReply:
+        self._ensure_started()
+        try:
+            msg = decode(req.body)
+        except MqueueDecodeError as exc:
+            self.refused += 1
+            log.info("mqueue: 400 to %s: %s", req.node, exc.detail)
+            return PeerReply(400, _reason("Bad Request", exc.detail))
+        if isinstance(msg, Carries):
+            if req.known:  # bounded by the node list (max_nodes); others get our list only
+                self.carriers[req.node] = msg.queues
+                self._refresh()
+            return PeerReply(200, "OK", self._carries_body, CONTENT_TYPE)
+        queue = self._target(msg.queue)
+        if queue is None:
+            self.refused += 1
+            return PeerReply(404, "No such queue")
+        return self._apply(queue, msg, req.node)
+
+    def _apply(self, queue: Queue, msg: ItemsMessage, sender: NodeId) -> PeerReply:
+        rec = self._received.setdefault(msg.queue, _Received())
+        rec.received += len(msg.items)
+        fresh = self.dedup.fresh(msg, str(sender))
+        dups = len(msg.items) - len(fresh)
+        rec.duplicates += dups
+        applied = 0
+        try:
+            applied = queue.add_many(list(map(_KEY_VALUE, fresh)), timeout=0)
+            code: int | None = None
+        except Full as exc:
+            applied = int(getattr(exc, "done", 0))
+            code = 503
+        except ItemTooLarge as exc:
+            code = 500
+            log.warning("mqueue %s: %s", display(msg.queue), exc)
+        except QueueError as exc:
+            code = 500
+            log.warning("mqueue %s: %s", display(msg.queue), exc)
+        self.dedup.applied(msg, str(sender), fresh[:applied])
+        rec.applied += applied
+        if code == 503:
+            return PeerReply(503, "Queue Full", encode_reply(applied), CONTENT_TYPE)
+        if code is not None:
+            return PeerReply(500, "Server Internal Error", encode_reply(applied), CONTENT_TYPE)
+        return PeerReply(200, "OK", encode_reply(applied, dups), CONTENT_TYPE)
+
+
+def _reason(head: str, detail: str) -> str:
+    text = "".join(c if " " <= c <= "~" else "?" for c in detail)
+    return f"{head} - {text}"[:120]
+
+
+# ---------------------------------------------------------------------------------- RPC
+
+
+class _RpcLike(Protocol):
+    def register(self, name: str, func: Any, help: str) -> None: ...
+
+
+def stats_struct(s: DqueueStats) -> dict[str, Any]:
+    """A :class:`DqueueStats` as an RPC struct (Kamailio style: ints for booleans)."""
+    return {
+        "queue": s.queue,
+        "owner": s.owner or "",
+        "is_owner": 1 if s.is_owner else 0,
+        "configured_owner": s.configured_owner or "",
+        "outbox": s.outbox,
+        "forwarded": s.forwarded,
+        "acknowledged": s.acknowledged,
+        "batches": s.batches,
+        "resent": s.resent,
+        "received": s.received,
+        "applied": s.applied,
+        "duplicates": s.duplicates,
+        "too_large": s.too_large,
+        "last_error": s.last_error or "",
+    }
+
+
+def register_dqueue_rpc(rpc: _RpcLike, stats: Callable[[], Mapping[str, DqueueStats]]) -> None:
+    """``dmq.queues [NAME]``: one struct per distributed queue (or the one named; unknown →
+    ``404 No such queue``)."""
+
+    def queues(*args: Any) -> list[dict[str, Any]]:
+        current = stats()
+        if args and args[0] not in (None, ""):
+            if not isinstance(args[0], str):
+                raise RpcError(400, "Invalid Parameters")
+            want = display(name_bytes(args[0]))
+            if want not in current:
+                raise RpcError(404, "No such queue")
+            return [stats_struct(current[want])]
+        return [stats_struct(s) for s in current.values()]
+
+    rpc.register("dmq.queues", queues, "Distributed queues: owner, outbox and counters")

@@ -1,0 +1,170 @@
+"""Queues across hosts over a lossy link: every datagram between three nodes passes a UDP
+proxy of the test that drops and duplicates (the copy sent after the next datagram, so it also
+arrives out of order) at random, seeded. Nothing is applied twice, nothing is lost from the
+outboxes, per-origin order holds.
+
+Each node is a real bus on its own UDP socket, bound to a private port and announced at its
+proxy's address (``Bus(bind=…)``), with its own shared-memory queue; the nodes run in this
+process (``pymqueue serve`` cannot bind elsewhere than it announces). The link turns lossy
+once the nodes have joined and agree on the owner; pings are every 60 s, so the membership
+stays put while the data is lossy (a lossy ping would take a node down and move the owner,
+which is the failover test's business)."""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from dmq_helpers import udp_port
+from dqueue_helpers import wait_for
+
+from pymqueue import Queue
+from pymqueue.dmq import BusThread
+from pymqueue.dmq.mqueue_service import MqueueService
+
+N = 5_000
+IP = "127.0.0.1"
+PAD = b"x" * 1500  # about 35 items a message: many messages to lose
+
+
+def seq(value: bytes) -> int:
+    return int(value.split(b":", 1)[0])
+
+
+class LossyProxy:
+    """One socket per node (its announced address); what arrives is forwarded to the node's
+    real port from the sender's proxy socket, or dropped or duplicated per the seeded
+    generator once :attr:`lossy` is set."""
+
+    def __init__(self, reals: list[int], seed: int, drop: float, dup: float) -> None:
+        self.rng = random.Random(seed)
+        self.drop, self.dup = drop, dup
+        self.lossy = False
+        self.dropped = self.duplicated = self.passed = 0
+        self.socks: list[socket.socket] = []
+        self.sel = selectors.DefaultSelector()
+        for real in reals:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((IP, 0))
+            s.setblocking(False)
+            self.socks.append(s)
+            self.sel.register(s, selectors.EVENT_READ, (IP, real))
+        self.ports = [s.getsockname()[1] for s in self.socks]
+        self.by_real = dict(zip(reals, self.socks, strict=True))
+        self._held: list[tuple[socket.socket, bytes, tuple[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.sel.select(0.1):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                while True:
+                    try:
+                        data, src = sock.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    # sent from the sender's own proxy socket: the receiver answers to the
+                    # source address, which then leads back to the sender through its proxy
+                    out = self.by_real.get(src[1], sock)
+                    self._forward(out, data, key.data)
+
+    def _forward(self, sock: socket.socket, data: bytes, to: tuple[str, int]) -> None:
+        held, self._held = self._held, []
+        if self.lossy and self.rng.random() < self.drop:
+            self.dropped += 1
+        else:
+            self.passed += 1
+            sock.sendto(data, to)
+            if self.lossy and self.rng.random() < self.dup:
+                self.duplicated += 1
+                self._held.append((sock, data, to))  # sent again after the next datagram
+        for s, d, t in held:
+            s.sendto(d, t)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for s in self.socks:
+            s.close()
+        self.sel.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[tuple[LossyProxy, list[int]]]:
+    reals = [udp_port() for _ in range(3)]
+    p = LossyProxy(reals, seed=13, drop=0.15, dup=0.15)
+    try:
+        yield p, reals
+    finally:
+        p.close()
+
+
+def test_lossy_link(namespace: str, proxy: tuple[LossyProxy, list[int]]) -> None:
+    lossy, reals = proxy
+    uris = [f"sip:{IP}:{p}" for p in lossy.ports]
+    queues = [Queue("jobs", create=True, namespace=f"{namespace}l{i}") for i in range(3)]
+    buses = [
+        BusThread(
+            uris[i], uris[0] if i else None, bind=(IP, reals[i]), ping_interval=60, fr_timer=1
+        )
+        for i in range(3)
+    ]
+    services = [MqueueService(b, [(q, uris[0])]) for b, q in zip(buses, queues, strict=True)]
+    try:
+        for b, s in zip(buses, services, strict=True):
+            b.start()
+            s.start()
+
+        def owners() -> list[str | None]:
+            return [s.stats()["jobs"].owner for s in services]
+
+        def actives() -> list[int]:
+            return [sum(1 for n in b.nodes() if str(n.status) == "active") for b in buses]
+
+        wait_for(actives, lambda a: a == [3, 3, 3], 30, "all active")
+        wait_for(owners, lambda o: o == [uris[0]] * 3, 30, "owner agreed")
+        lossy.lossy = True
+        got: list[tuple[bytes, int]] = []
+        for start in range(0, N, 250):  # producers on all three, the consumer on the owner
+            for i, q in enumerate(queues):
+                q.add_many([(b"n%d" % i, b"%d:%s" % (j, PAD)) for j in range(start, start + 250)])
+            got += [(k, seq(v)) for k, v in queues[0].fetch_many(10_000)]
+
+        def consumed() -> int:
+            got.extend((k, seq(v)) for k, v in queues[0].fetch_many(10_000))
+            return len(got)
+
+        wait_for(consumed, lambda k: k >= 3 * N, 120, "every item on the owner")
+        # nothing applied twice, nothing lost, per-origin order
+        by_origin: dict[bytes, list[int]] = {}
+        for k, v in got:
+            by_origin.setdefault(k, []).append(v)
+        assert by_origin == {b"n%d" % i: list(range(N)) for i in range(3)}
+        assert lossy.dropped > 0
+        assert lossy.duplicated > 0
+        # the outboxes empty once their last batch's 200 got through (it may be resent)
+        for s in services[1:]:
+            wait_for(lambda s=s: s.stats()["jobs"], lambda st: st.acknowledged == N, 60,
+                     "the outbox acknowledged")  # fmt: skip
+            assert s.stats()["jobs"].outbox == 0
+        stats = [s.stats()["jobs"] for s in services]
+        assert queues[0].size() == 0  # and nothing came twice meanwhile
+        print(
+            f"lossy: {lossy.dropped} dropped, {lossy.duplicated} duplicated of "
+            f"{lossy.passed + lossy.dropped}; resent {[s.resent for s in stats]}, "
+            f"duplicates dropped by the owner {stats[0].duplicates}"
+        )
+    finally:
+        for b in buses:
+            b.stop()
+        for s in services:
+            s.close()
+        for q in queues:
+            q.unlink()
+            q.close()
