@@ -198,9 +198,21 @@ _TOP_KEYS = frozenset(
     {"namespace", "db_url", "db_sync_interval", "modparam", "queue", "rpc", "dmq"}
 )
 _QUEUE_KEYS = frozenset(
-    {"mqueue", "name", "size", "dbmode", "addmode", "policy", "capacity", "dmq", "owner"}
+    {
+        "mqueue",
+        "name",
+        "size",
+        "dbmode",
+        "addmode",
+        "policy",
+        "capacity",
+        "dmq",
+        "owner",
+        "batch_items",
+    }
 )
-_DMQ_MODES = ("owner",)
+_DMQ_MODES = ("owner", "mirror")
+_BATCH_ITEMS_MAX = 65536
 _RPC_KEYS = frozenset({"host", "port", "unix"})
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-]{0,32}")
 
@@ -275,6 +287,19 @@ def _queue_table(ctx: _Ctx, key: str, table: Mapping[str, Any]) -> QueueDef:
     ):
         raise ctx.error(f"{key}.capacity", f"must be a positive integer (bytes), got {capacity!r}")
     dmq, owner = _queue_dmq(ctx, key, table)
+    batch_items = table.get("batch_items")
+    if batch_items is not None:
+        if dmq is None:
+            raise ctx.error(f"{key}.batch_items", "is only meaningful with dmq")
+        if (
+            isinstance(batch_items, bool)
+            or not isinstance(batch_items, int)
+            or not 1 <= batch_items <= _BATCH_ITEMS_MAX
+        ):
+            raise ctx.error(
+                f"{key}.batch_items",
+                f"must be an integer in 1..{_BATCH_ITEMS_MAX}, got {batch_items!r}",
+            )
     return QueueDef(
         name=base.name,
         size=base.size,
@@ -284,6 +309,7 @@ def _queue_table(ctx: _Ctx, key: str, table: Mapping[str, Any]) -> QueueDef:
         capacity=capacity,
         dmq=dmq,
         owner=owner,
+        batch_items=batch_items,
     )
 
 

@@ -37,7 +37,8 @@ class QueueDef:
     ``size`` is the maximum item count, ``0`` meaning unbounded. ``policy`` and ``capacity``
     are pymqueue extras (overflow policy and ring size in bytes) with Kamailio's behaviour
     as the default. ``dmq``/``owner`` make it a queue across hosts (``dmq = "owner"``: an
-    owner node per queue, outboxes elsewhere; ``owner``: the preferred owner's node URI), see
+    owner node per queue, outboxes elsewhere; ``owner``: the preferred owner's node URI;
+    ``"mirror"``: every add reaches every node; ``batch_items``: most items per message), see
     :mod:`pymqueue.dmq.mqueue_service`.
     """
 
@@ -49,6 +50,7 @@ class QueueDef:
     capacity: int | None = None
     dmq: str | None = None
     owner: str | None = None
+    batch_items: int | None = None
 
     @property
     def display_name(self) -> str:

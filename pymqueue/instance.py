@@ -209,12 +209,20 @@ class Instance:
                 self.htables[hdef.name] = Htable(bus, hdef)
         distributed = [qdef for qdef in self.config.queues if qdef.dmq is not None]
         if distributed:  # before start: it learns who carries what as nodes come up
-            from pymqueue.dmq.mqueue_service import MqueueService  # noqa: PLC0415
+            from pymqueue.dmq.mqueue_service import DqueueSpec, MqueueService  # noqa: PLC0415
 
             names = {qdef.name for qdef in distributed}
             self.dqueues = MqueueService(
                 bus,
-                [(self._queues[qdef.name], qdef.owner) for qdef in distributed],
+                [
+                    DqueueSpec(
+                        self._queues[qdef.name],
+                        owner=qdef.owner,
+                        mode=qdef.dmq or "owner",
+                        batch_items=qdef.batch_items,
+                    )
+                    for qdef in distributed
+                ],
                 [q for raw, q in self._queues.items() if raw not in names],
             )
         bus.start()

@@ -356,18 +356,19 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
-def _name_member(name: bytes, member: str = "queue") -> str:
-    try:
-        return f'"{member}":{json.dumps(name.decode("utf-8"))}'
-    except UnicodeDecodeError:
-        return f'"{member}_b64":"{base64.b64encode(name).decode("ascii")}"'
-
-
 def _field(member: str, data: bytes) -> str:
-    try:
-        return f'"{member}":{json.dumps(data.decode("utf-8"))}'
-    except UnicodeDecodeError:
-        return f'"{member}_b64":"{base64.b64encode(data).decode("ascii")}"'
+    """``"member":"text"`` for UTF-8 without NUL, else ``"member_b64":"…"``: a NUL escaped
+    in a JSON string makes the whole body unreadable to Kamailio 5.6.3's jansson."""
+    if b"\x00" not in data:
+        try:
+            return f'"{member}":{json.dumps(data.decode("utf-8"))}'
+        except UnicodeDecodeError:
+            pass
+    return f'"{member}_b64":"{base64.b64encode(data).decode("ascii")}"'
+
+
+def _name_member(name: bytes, member: str = "queue") -> str:
+    return _field(member, name)
 
 
 _SAFE = re.compile(rb"[ !#-\[\]-~]*")

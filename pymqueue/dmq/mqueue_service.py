@@ -75,8 +75,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_ITEMS",
+    "MIRROR_TRIES",
     "POLL",
     "RECHECK",
+    "DqueueSpec",
     "DqueueStats",
     "MqueueService",
     "register_dqueue_rpc",
@@ -96,6 +98,9 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 """Waits before sending again after an error reply (not after a timeout: that waited)."""
 ANNOUNCE_TRIES = 3
+MIRROR_TRIES = 3
+"""Sends of one mirror batch to one node (each retransmitted by the bus) before that node
+is given up for the batch (counted in ``missed``)."""
 
 BusLike = Bus | BusThread
 _KEY_VALUE = operator.itemgetter(0, 1)  # WireItem -> (key, value)
@@ -111,7 +116,13 @@ class DqueueStats:
     ``batches``: messages sent; ``resent``: messages sent again after a timeout or error;
     ``received``/``applied``/``duplicates``: items that arrived here, were added to the
     local queue, were dropped as already applied; ``too_large``: items dropped here because
-    one item alone does not fit in a message; ``last_error``: the last failure, None if none.
+    one item alone does not fit in a message; ``refused``: items the owner refused as
+    malformed (400) one by one, dropped here; ``last_error``: the last failure, None if none.
+
+    A ``mode == "mirror"`` queue has no owner: ``outbox`` counts the local adds held until
+    every node carrying the queue has them, ``forwarded``/``acknowledged`` count item
+    deliveries (one per node), ``missed`` the deliveries given up (the node went down or
+    kept failing) — those items reached the other nodes and this one, not that node.
     """
 
     queue: str
@@ -128,15 +139,43 @@ class DqueueStats:
     duplicates: int
     too_large: int
     last_error: str | None
+    mode: str = "owner"
+    refused: int = 0
+    missed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DqueueSpec:
+    """One distributed queue for :class:`MqueueService`: the queue, its mode (``"owner"``,
+    ``"mirror"``), the configured owner's URI (owner mode) and the most items per message
+    (None: as many as fit in :data:`~pymqueue.dmq.mqueue_codec.MAX_BODY`; 100 suits a
+    Kamailio owner, whose script handles a message in one worker)."""
+
+    queue: Queue
+    owner: str | None = None
+    mode: str = "owner"
+    batch_items: int | None = None
 
 
 class _Dq:
     """The state of one distributed queue (bus thread)."""
 
-    def __init__(self, queue: Queue, configured: NodeId | None, origin: str) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        configured: NodeId | None,
+        origin: str,
+        mode: str = "owner",
+        batch_items: int | None = None,
+    ) -> None:
         self.queue = queue
         self.name = queue.raw_name
         self.configured = configured
+        self.mode = mode
+        self.batch_items = min(batch_items or BATCH_ITEMS, BATCH_ITEMS)
+        self.limit = self.batch_items  # lowered while a 400 is narrowed down to one item
+        self.refused = 0
+        self.missed = 0
         self.builder = BatchBuilder(self.name, origin, queue.epoch)
         self.owner: NodeId | None = None
         self.fd: int | None = None
@@ -176,7 +215,7 @@ class MqueueService:
     def __init__(
         self,
         bus: BusLike,
-        queues: Iterable[tuple[Queue, str | None]],
+        queues: Iterable[DqueueSpec | tuple[Queue, str | None]],
         other_queues: Iterable[Queue] = (),
     ) -> None:
         from pymqueue.queue.sync import Queue  # noqa: PLC0415
@@ -185,10 +224,17 @@ class MqueueService:
         self.local = self.bus.local
         origin = str(self.local)
         self._dqs: dict[bytes, _Dq] = {}
-        for q, owner in queues:
+        for item in queues:
+            spec = item if isinstance(item, DqueueSpec) else DqueueSpec(item[0], item[1])
+            if spec.mode not in ("owner", "mirror"):
+                raise ValueError(f"unknown mode {spec.mode!r}")
+            q = spec.queue
             handle = Queue(q.raw_name, namespace=q.namespace, create=False)
-            configured = NodeId.parse(owner) if owner is not None else None
-            self._dqs[q.raw_name] = _Dq(handle, configured, origin)
+            configured = NodeId.parse(spec.owner) if spec.owner is not None else None
+            dq = _Dq(handle, configured, origin, spec.mode, spec.batch_items)
+            if spec.mode == "mirror":
+                handle.hold()  # from now on every local add waits for the mirror
+            self._dqs[q.raw_name] = dq
         self._others: dict[bytes, Queue] = {q.raw_name: q for q in other_queues}
         self._received: dict[bytes, _Received] = {}
         self.dedup = Dedup()
@@ -215,7 +261,10 @@ class MqueueService:
             owner = dq.owner
             is_owner = owner == self.local
             try:
-                outbox = 0 if is_owner else dq.queue.size()
+                if dq.mode == "mirror":
+                    outbox = dq.queue.stats().held
+                else:
+                    outbox = 0 if is_owner else dq.queue.size()
             except QueueError:
                 outbox = 0
             out[display(name)] = DqueueStats(
@@ -233,6 +282,9 @@ class MqueueService:
                 duplicates=rec.duplicates,
                 too_large=dq.too_large,
                 last_error=dq.last_error,
+                mode=dq.mode,
+                refused=dq.refused,
+                missed=dq.missed,
             )
         return out
 
@@ -252,8 +304,13 @@ class MqueueService:
             loop.call_soon_threadsafe(go)
 
     def close(self) -> None:
-        """Close the service's queue handles (after the bus stopped). Idempotent."""
+        """Close the service's queue handles (after the bus stopped). Idempotent. A mirror
+        queue stops holding: what it still holds is released to the local consumers only
+        (nobody forwards it any more)."""
         for dq in self._dqs.values():
+            with contextlib.suppress(QueueError):
+                if dq.mode == "mirror" and not dq.queue.closed:
+                    dq.queue.hold(False)
             with contextlib.suppress(QueueError):
                 dq.queue.close()
 
@@ -265,9 +322,16 @@ class MqueueService:
     def owner_of(self, dq: _Dq) -> NodeId:
         return rendezvous_owner(dq.name, self.local, self._active, self.carriers, dq.configured)
 
+    def carriers_of(self, dq: _Dq) -> list[NodeId]:
+        """The active nodes known to carry ``dq`` (a mirror's targets)."""
+        return [n for n in self._active if dq.name in self.carriers.get(n, ())]
+
     def _refresh(self) -> None:
         self._active = frozenset(self._active_now())
         for dq in self._dqs.values():
+            if dq.mode == "mirror":
+                dq.wake()  # a node came or went: its batch may be waiting for it
+                continue
             owner = self.owner_of(dq)
             if owner != dq.owner:
                 if dq.owner is not None:
@@ -329,11 +393,13 @@ class MqueueService:
             return
         self._started = True
         for dq in self._dqs.values():
-            dq.task = self._spawn(self._forward(dq))
+            run = self._mirror if dq.mode == "mirror" else self._forward
+            dq.task = self._spawn(run(dq))
 
     # -- forwarding -----------------------------------------------------------------------
     async def _wait(self, dq: _Dq, timeout: float, items: bool) -> None:
-        """Until ``timeout``, a change of owner (``dq.wake``) or (``items``) the doorbell."""
+        """Until ``timeout``, a change of owner (``dq.wake``) or (``items``) the doorbell
+        (for a mirror: held items)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         dq.waiter = fut
@@ -345,7 +411,7 @@ class MqueueService:
                 try:
                     if dq.fd is None:
                         dq.fd = dq.queue.fileno()
-                    if dq.queue.arm():  # items now (arm drains the rings already read)
+                    if dq.queue.arm(held=dq.mode == "mirror"):  # items now (drains rings)
                         dq.waiter = None
                         return
                     loop.add_reader(dq.fd, dq.wake)
@@ -367,7 +433,9 @@ class MqueueService:
         """Peek records after ``after_id`` and pack what fits: ``(body, n, records)``. The
         peek's byte budget follows what the last bodies held (JSON costs more than the bytes
         it carries: a peek of :data:`MAX_BODY` bytes would read records that do not fit)."""
-        records = dq.queue.peek_records(BATCH_ITEMS, after_id=after_id, max_bytes=dq.peek_bytes)
+        records = dq.queue.peek_records(
+            dq.limit, after_id=after_id, max_bytes=dq.peek_bytes, held_only=dq.mode == "mirror"
+        )
         if not records:
             return b"", 0, records
         body, n = dq.builder.build(records)  # Record is (id, key, value)
@@ -442,6 +510,24 @@ class MqueueService:
                     backoff = BACKOFF_MIN
                     continue
                 ahead = None
+                if reply.code == 400:
+                    # The owner cannot read this batch: halve it until the item it refuses
+                    # is alone, then drop that item (counted, logged) and go on at full size.
+                    dq.retry = False
+                    dq.last_error = f"{owner} answered 400 {reply.reason}"
+                    if n > 1:
+                        dq.limit = max(1, n // 2)
+                    else:
+                        dq.refused += dq.queue.discard_through(last_id)
+                        dq.limit = dq.batch_items
+                        log.error(
+                            "mqueue %s: item %d refused by %s (%s): dropped",
+                            display(dq.name),
+                            last_id,
+                            owner,
+                            reply.reason,
+                        )
+                    continue
                 dq.retry = True
                 dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
                 if reply.code == 503:
@@ -459,6 +545,69 @@ class MqueueService:
         except Exception as exc:  # pragma: no cover - a bug: say it loudly
             dq.last_error = f"forwarder crashed: {exc!r}"
             log.exception("mqueue %s: forwarder crashed", display(dq.name))
+
+    async def _mirror(self, dq: _Dq) -> None:
+        """A mirror queue's forwarder: the held local adds, batch by batch, to every active
+        node carrying the queue at once; released here once each has answered (or was given
+        up: down, or still failing after :data:`MIRROR_TRIES` sends)."""
+        try:
+            while self.bus.running:
+                body, n, records = self._batch(dq, 0)
+                if not records:
+                    await self._wait(dq, RECHECK, items=True)
+                    continue
+                if n == 0:
+                    first = records[0]
+                    dq.too_large += dq.queue.release_through(first.id)
+                    dq.last_error = (
+                        f"item {first.id} ({len(first.key) + len(first.value)} bytes) "
+                        "cannot fit in one message: kept here only"
+                    )
+                    log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+                    continue
+                last_id = records[n - 1].id
+                targets = self.carriers_of(dq)
+                dq.batches += 1
+                if targets:
+                    await asyncio.gather(*(self._mirror_to(dq, node, body, n) for node in targets))
+                dq.queue.release_through(last_id)
+        except asyncio.CancelledError:
+            raise
+        except QueueError as exc:  # the queue was closed under us (instance stopping)
+            dq.last_error = f"mirror stopped: {exc}"
+            log.debug("mqueue %s: %s", display(dq.name), dq.last_error)
+        except Exception as exc:  # pragma: no cover - a bug: say it loudly
+            dq.last_error = f"mirror crashed: {exc!r}"
+            log.exception("mqueue %s: mirror crashed", display(dq.name))
+
+    async def _mirror_to(self, dq: _Dq, node: NodeId, body: bytes, n: int) -> None:
+        backoff = BACKOFF_MIN
+        for attempt in range(MIRROR_TRIES):
+            if not self.bus.running or node not in self._active:
+                break
+            if attempt:
+                dq.resent += 1
+            dq.forwarded += n
+            try:
+                reply = await self.bus.send(CHANNEL, node, body, CONTENT_TYPE)
+            except DmqTimeout:
+                dq.last_error = f"no reply from {node} (timeout)"
+                continue
+            except DmqError as exc:
+                dq.last_error = f"{node}: {exc}"
+                break
+            if reply.code == 200:
+                dq.acknowledged += n
+                return
+            dq.last_error = f"{node} answered {reply.code} {reply.reason}"
+            if reply.code == 400:
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        dq.missed += n
+        log.warning(
+            "mqueue %s: %d items not mirrored to %s: %s", display(dq.name), n, node, dq.last_error
+        )
 
     # -- receiving ------------------------------------------------------------------------
     def _target(self, name: bytes) -> Queue | None:
@@ -482,9 +631,12 @@ class MqueueService:
         if queue is None:
             self.refused += 1
             return PeerReply(404, "No such queue")
-        return self._apply(queue, msg, req.node)
+        dq = self._dqs.get(msg.queue)
+        return self._apply(queue, msg, req.node, released=dq is not None and dq.mode == "mirror")
 
-    def _apply(self, queue: Queue, msg: ItemsMessage, sender: NodeId) -> PeerReply:
+    def _apply(
+        self, queue: Queue, msg: ItemsMessage, sender: NodeId, *, released: bool = False
+    ) -> PeerReply:
         rec = self._received.setdefault(msg.queue, _Received())
         rec.received += len(msg.items)
         fresh = self.dedup.fresh(msg, str(sender))
@@ -492,7 +644,7 @@ class MqueueService:
         rec.duplicates += dups
         applied = 0
         try:
-            applied = queue.add_many(list(map(_KEY_VALUE, fresh)), timeout=0)
+            applied = queue.add_many(list(map(_KEY_VALUE, fresh)), timeout=0, released=released)
             code: int | None = None
         except Full as exc:
             applied = int(getattr(exc, "done", 0))
@@ -541,6 +693,9 @@ def stats_struct(s: DqueueStats) -> dict[str, Any]:
         "duplicates": s.duplicates,
         "too_large": s.too_large,
         "last_error": s.last_error or "",
+        "mode": s.mode,
+        "refused": s.refused,
+        "missed": s.missed,
     }
 
 

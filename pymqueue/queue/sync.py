@@ -37,6 +37,8 @@ from pymqueue.queue.types import (
 
 __all__ = ["Queue", "list_queues", "unlink"]
 
+_new_record = functools.partial(tuple.__new__, Record)
+
 # Bound once: attribute lookups on every call cost as much as the C call itself.
 _pmq_add = E.pmq_add
 _pmq_fetch = E.pmq_fetch
@@ -853,7 +855,8 @@ class Queue:
             pairs: list[tuple[bytes, bytes]] = []
             batch.unpack(buf, pairs)
             ids = batch.ids[:got]  # type: ignore[index]
-            out.extend(Record(i, k, v) for i, (k, v) in zip(ids, pairs, strict=True))
+            # Records built at C speed: tuple.__new__(Record, (id, key, value)) per item
+            out.extend(map(_new_record, zip(ids, *zip(*pairs, strict=True), strict=True)))
             if max_bytes is not None:
                 limit -= sum(len(k) + len(v) for k, v in pairs)
                 if limit <= 0:
