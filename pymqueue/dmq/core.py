@@ -229,6 +229,8 @@ class DmqCore:
             max_nodes=config.max_nodes,
             accept=None if nets is None else lambda n: _allowed(n.address[0], nets),
         )
+        self._local_uri = config.local.uri
+        self._call_id_host = config.local.host.strip("[]")
         self._txns = ClientTransactions(config.t1, config.t2, config.fr_timer)
         ttl = config.reply_cache_ttl or config.fr_timer + config.t2
         self._cache = ReplyCache(ttl, config.reply_cache_size)
@@ -449,16 +451,16 @@ class DmqCore:
         now: float,
         status_at_send: NodeStatus | None = None,
     ) -> int:
-        branch = _msg.new_branch()
-        call_id = _msg.new_call_id(self.config.local.host.strip("[]"))
+        branch, tag, call_id = _msg.new_ids(self._call_id_host)
         data = _msg.build_request(
             channel=channel,
             target=node.uri,
-            local=self.config.local.uri,
+            local=self._local_uri,
             body=body,
             content_type=content_type,
             max_forwards=max_forwards,
             branch=branch,
+            from_tag=tag,
             call_id=call_id,
             user_agent=self.config.user_agent,
             rport=self.config.via_rport,

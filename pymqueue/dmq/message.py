@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pymqueue.errors import DmqProtocolError
@@ -153,7 +153,9 @@ def _parse_params(text: str, what: str) -> Params:
 
 
 def _format_params(params: Params) -> str:
-    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    if not params:
+        return ""
+    return "".join([f";{n}" if v is None else f";{n}={v}" for n, v in params])
 
 
 def _param(params: Params, name: str) -> str | None:
@@ -175,6 +177,8 @@ class SipUri:
     port: str = ""
     user: str | None = None
     params: Params = ()
+    _text: str = field(default="", init=False, repr=False, compare=False)
+    """``str(self)``, formatted at the first call (URIs are parsed once and cached)."""
 
     @property
     def port_number(self) -> int:
@@ -193,9 +197,13 @@ class SipUri:
         return (self.host.strip("[]"), self.port_number)
 
     def __str__(self) -> str:
-        user = f"{self.user}@" if self.user is not None else ""
-        port = f":{self.port}" if self.port else ""
-        return f"sip:{user}{self.host}{port}{_format_params(self.params)}"
+        text = self._text
+        if not text:
+            user = f"{self.user}@" if self.user is not None else ""
+            port = f":{self.port}" if self.port else ""
+            text = f"sip:{user}{self.host}{port}{_format_params(self.params)}"
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 def parse_uri(text: str) -> SipUri:
@@ -287,7 +295,8 @@ class Via:
         return f"{self.host}:{self.port}" if self.port is not None else self.host
 
     def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {self.sent_by()}{_format_params(self.params)}"
+        sent_by = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"SIP/2.0/{self.transport} {sent_by}{_format_params(self.params)}"
 
 
 def _parse_via(value: str) -> Via:
@@ -658,6 +667,13 @@ def new_branch() -> str:
     return BRANCH_COOKIE + secrets.token_hex(8)
 
 
+def new_ids(host: str) -> tuple[str, str, str]:
+    """A fresh branch, From tag and Call-ID (as :func:`new_branch`, :func:`new_tag` and
+    :func:`new_call_id`) from one draw of the system's random source."""
+    hex_ = secrets.token_hex(22)
+    return BRANCH_COOKIE + hex_[:16], hex_[16:28], f"{hex_[28:]}@{host}"
+
+
 def new_tag() -> str:
     return secrets.token_hex(6)
 
@@ -670,13 +686,6 @@ def _check_token(value: str, what: str, pattern: re.Pattern[str] = _TOKEN_RE) ->
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _fail(f"bad {what}: {str(value)[:80]!r}")
     return value
-
-
-def _finish(lines: list[str], body: bytes) -> bytes:
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
-    if len(data) > MAX_DATAGRAM:
-        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
-    return data
 
 
 _TEMPLATES: dict[tuple[object, ...], tuple[str, str, str]] = {}
@@ -818,24 +827,22 @@ def build_response(
         elif top.host.strip("[]") != ip and _param(top.params, "received") is None:
             vias[0] = Via(top.transport, top.host, top.port, (*top.params, ("received", ip)))
     to = request.to
-    if to.tag is None:
-        to = NameAddr(
-            to.uri, (*to.params, ("tag", _check_token(to_tag or new_tag(), "tag"))), to.display
-        )
-    lines = [f"{SIP_VERSION} {code} {reason}"]
-    lines += [f"Via: {v}" for v in vias]
-    lines += [
-        f"To: {to}",
-        f"From: {request.from_}",
-        f"CSeq: {request.cseq} {request.cseq_method}",
-        f"Call-ID: {request.call_id}",
-    ]
-    if body:
-        lines.append(f"Content-Type: {content_type}")
+    to_text = str(to)
+    if to.tag is None:  # the tag goes last, as a parameter added to the parsed ones
+        to_text += f";tag={_check_token(to_tag or new_tag(), 'tag')}"
+    # one string, no intermediate list of lines: this runs once per request received
+    via_text = "".join([f"Via: {v}\r\n" for v in vias])
+    extra = f"Content-Type: {content_type}\r\n" if body else ""
     if server:
-        lines.append(f"Server: {_check_token(server, 'Server', _REASON_RE)}")
-    lines.append(f"Content-Length: {len(body)}")
-    return _finish(lines, body)
+        extra += f"Server: {_check_token(server, 'Server', _REASON_RE)}\r\n"
+    data = (
+        f"{SIP_VERSION} {code} {reason}\r\n{via_text}To: {to_text}\r\n"
+        f"From: {request.from_}\r\nCSeq: {request.cseq} {request.cseq_method}\r\n"
+        f"Call-ID: {request.call_id}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    if len(data) > MAX_DATAGRAM:
+        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
 
 
 # --------------------------------------------------------------------------- signing

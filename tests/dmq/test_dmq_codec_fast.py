@@ -20,6 +20,7 @@ from pymqueue.dmq import message as m
 from pymqueue.dmq.message import (
     SIP_VERSION,
     DmqRequest,
+    NameAddr,
     Params,
     SipUri,
     Via,
@@ -315,3 +316,80 @@ def test_template_cache_does_not_let_bad_values_through() -> None:
         user_agent="pymqueue",
         rport=False,
     )
+
+
+# ------------------------------------------------------------------ build_response reference
+
+
+def reference_build_response(
+    request: DmqRequest,
+    code: int,
+    reason: str,
+    *,
+    body: bytes,
+    content_type: str | None,
+    to_tag: str,
+    source: tuple[str, int] | None,
+    server: str | None,
+) -> bytes:
+    """The line-by-line reply builder the one-string form replaced (validation left out)."""
+    vias = list(request.vias)
+    if source is not None:
+        top = vias[0]
+        ip, port = source
+        if top.rport_requested:
+            params: list[tuple[str, str | None]] = []
+            for n, v in top.params:
+                if n == "rport" and v is None:
+                    params += [("rport", str(port)), ("received", ip)]
+                elif n != "received":
+                    params.append((n, v))
+            vias[0] = Via(top.transport, top.host, top.port, tuple(params))
+        elif top.host.strip("[]") != ip and m._param(top.params, "received") is None:
+            vias[0] = Via(top.transport, top.host, top.port, (*top.params, ("received", ip)))
+    to = request.to
+    if to.tag is None:
+        to = NameAddr(to.uri, (*to.params, ("tag", to_tag)), to.display)
+    lines = [f"{SIP_VERSION} {code} {reason}"]
+    lines += [f"Via: {v}" for v in vias]
+    lines += [
+        f"To: {to}",
+        f"From: {request.from_}",
+        f"CSeq: {request.cseq} {request.cseq_method}",
+        f"Call-ID: {request.call_id}",
+    ]
+    if body:
+        lines.append(f"Content-Type: {content_type}")
+    if server:
+        lines.append(f"Server: {server}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+REQUEST_VECTORS = [
+    VECTORS[n] for n in sorted(VECTORS) if isinstance(general(VECTORS[n]), DmqRequest)
+]
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(
+    st.sampled_from(REQUEST_VECTORS),
+    st.sampled_from(sorted(ODD)),
+    st.fixed_dictionaries(
+        {
+            "code": st.integers(200, 699),
+            "reason": st.sampled_from(["OK", "Not Found", "Server Internal Error", ""]),
+            "body": st.binary(max_size=100),
+            "source": st.sampled_from([None, ("127.0.0.1", 5060), ("10.1.2.3", 7), ("::1", 9)]),
+            "server": st.sampled_from([None, "", "pymqueue", "kamailio (5.6.3)"]),
+        }
+    ),
+)
+def test_reply_builder_gives_the_same_bytes(data: bytes, odd: str, args: dict[str, object]) -> None:
+    for variant in (data, ODD[odd](data), data.replace(b";branch=", b";rport;branch=", 1)):
+        request = general(variant)
+        if not isinstance(request, DmqRequest):
+            continue
+        ctype = "text/plain" if args["body"] else None
+        got = build_response(request, content_type=ctype, to_tag="t4g", **args)  # type: ignore[arg-type]
+        assert got == reference_build_response(request, content_type=ctype, to_tag="t4g", **args)  # type: ignore[arg-type]
