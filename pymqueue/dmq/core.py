@@ -490,7 +490,9 @@ class DmqCore:
         as the IPv4 address, and an IPv6 scope id is dropped.
         """
         try:
-            self._receive(bytes(data), (_norm_ip(str(addr[0])), int(addr[1])), now)
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._receive(data, (_norm_ip(str(addr[0])), int(addr[1])), now)
         except DmqProtocolError as exc:  # pragma: no cover - defensive: all paths catch
             self._drop(addr, f"protocol error: {exc}")
 
@@ -537,7 +539,7 @@ class DmqCore:
         if addr[0] != _norm_ip(txn.address[0]):
             self._drop(addr, "reply from another host than the request went to")
             return
-        done = self._txns.on_response(resp, now)
+        done = self._txns.on_response(resp, now, txn)
         if done is not None:
             self._finish(done, resp.code, resp.reason, resp, now)
 

@@ -106,9 +106,11 @@ _LENGTH_RE = re.compile(r"[0-9]{1,6}")
 _MAX_FORWARDS_RE = re.compile(r"[0-9]{1,3}")
 _DISPLAY_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ ]+")
 # one header line of the fast path: CRLF, name, colon, value (no control character but HTAB,
-# so no folding either); leading blanks of the value left out (no line may end in a blank)
+# so no folding either); the value neither starts nor ends with a blank (a line ending in
+# blanks does not match, so the general path strips it)
 _FAST_LINE_RE = re.compile(
-    r"\r\n(" + _TOKEN + r")[ \t]*:[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)(?=\r\n|\Z)"
+    r"\r\n(" + _TOKEN + r")[ \t]*:[ \t]*"
+    r"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)(?=\r\n|\Z)"
 )
 _REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{0,128}")
 
@@ -253,6 +255,10 @@ class NameAddr:
 
 
 def _parse_name_addr(value: str, what: str) -> NameAddr:
+    if value[:1] == "<":  # the usual form, no display name: the branch below without it
+        uri_text, sep, params = value[1:].partition(">")
+        if sep:
+            return NameAddr(parse_uri(uri_text.strip()), _parse_params(params.strip(), what))
     if "<" in value:
         display, _, rest = value.partition("<")
         uri_text, sep, params = rest.partition(">")
@@ -583,8 +589,8 @@ def _parse_fast(data: bytes) -> DmqRequest | DmqResponse | None:
         return None
     text = data[:end].decode("utf-8")  # UnicodeDecodeError: general path
     nl = text.find("\r\n")
-    if nl < 0 or " \r\n" in text or "\t\r\n" in text or text.endswith((" ", "\t")):
-        return None  # a value ending in blanks: strip(" \t") in the general path
+    if nl < 0:
+        return None
     found = _FAST_LINE_RE.findall(text, nl)
     if len(found) != text.count("\r\n", nl) or len(found) > MAX_HEADERS:
         return None
