@@ -128,6 +128,9 @@ def _parse_params(text: str, what: str) -> Params:
         return ()
     if _PARAMS_FAST_RE.fullmatch(text):
         # no whitespace, no quotes, at most 32: the loop below without its checks
+        if text.count(";") == 1:  # the usual ;tag= or ;branch=
+            name, sep, value = text[1:].partition("=")
+            return ((name.lower(), value if sep else None),)
         out: list[tuple[str, str | None]] = []
         for raw in text[1:].split(";"):
             name, sep, value = raw.partition("=")

@@ -109,7 +109,7 @@ class NodeId:
     @property
     def address(self) -> tuple[str, int]:
         """``(ip, port)`` to send UDP datagrams to."""
-        return _uri_of(self.host, self.port, self.transport).address
+        return _address_of(self.host, self.port, self.transport)
 
     def __str__(self) -> str:
         return str(self.uri)
@@ -125,6 +125,11 @@ def _node_of(host: str, port: str, transport: str | None) -> NodeId:
 def _uri_of(host: str, port: str, transport: str | None) -> SipUri:
     params = (("transport", transport),) if transport is not None else ()
     return SipUri(host=host, port=port, params=params)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_of(host: str, port: str, transport: str | None) -> tuple[str, int]:
+    return _uri_of(host, port, transport).address
 
 
 @dataclass(frozen=True, slots=True)
