@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -238,6 +239,10 @@ class DmqCore:
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[DmqEvent] = deque()
         self._ids = itertools.count(1)
+        # To tags of our replies: a random per-node prefix and a counter (unique, and no
+        # system call per reply)
+        self._tag_prefix = secrets.token_hex(4)
+        self._tags = itertools.count()
         # insertion order = deadline order (every deadline is now + ttl)
         self._deferred: OrderedDict[int, _Deferred] = OrderedDict()
         self.deferred_dropped = 0
@@ -664,6 +669,7 @@ class DmqCore:
                 reason,
                 body=body,
                 content_type=ctype,
+                to_tag=f"{self._tag_prefix}{next(self._tags):x}",
                 source=addr,
                 server=self.config.user_agent,
             )
