@@ -93,8 +93,9 @@ def pinned(cpu: int | None) -> Iterator[None]:
         os.sched_setaffinity(0, old)
 
 
-def _responder(impl: Handoff, n: int, *, ready: Any, result: Any, measure: bool,
-               cpu: int | None) -> None:
+def _responder(
+    impl: Handoff, n: int, *, ready: Any, result: Any, measure: bool, cpu: int | None
+) -> None:
     """Echo ``n`` items. ``measure``: send back (cpu seconds, wall seconds) of the echo."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -116,14 +117,18 @@ class Pair:
     """A forked responder, ready (endpoints open) before anything is timed; stopped by PID
     if it has not exited when the test is over."""
 
-    def __init__(self, impl: Handoff, n: int, measure: bool = False,
-                 cpu: int | None = None) -> None:
+    def __init__(
+        self, impl: Handoff, n: int, measure: bool = False, cpu: int | None = None
+    ) -> None:
         self.impl = impl
         ready_r, ready_w = CTX.Pipe(duplex=False)
         self.result_r, result_w = CTX.Pipe(duplex=False)
-        self.proc = CTX.Process(target=_responder, args=(impl, n), daemon=True,
-                                kwargs={"ready": ready_w, "result": result_w,
-                                        "measure": measure, "cpu": cpu})
+        self.proc = CTX.Process(
+            target=_responder,
+            args=(impl, n),
+            daemon=True,
+            kwargs={"ready": ready_w, "result": result_w, "measure": measure, "cpu": cpu},
+        )
         self.proc.start()
         ready_w.close()
         result_w.close()
@@ -186,9 +191,16 @@ def test_handoff(benchmark: Any, handoff: Handoff, pin: str) -> None:
             assert pair.result() is True
         finally:
             pair.stop()
-    benchmark.extra_info.update(workload="HANDOFF", impl=handoff.name, peer=handoff.peer,
-                                pin=pin, value_size=len(handoff.value), loadavg_start=load,
-                                loadavg_end=load_average(), **summary(samples))
+    benchmark.extra_info.update(
+        workload="HANDOFF",
+        impl=handoff.name,
+        peer=handoff.peer,
+        pin=pin,
+        value_size=len(handoff.value),
+        loadavg_start=load,
+        loadavg_end=load_average(),
+        **summary(samples),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +211,12 @@ def futex_binary() -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="pmq-bench-futex-"))
     exe = tmp / "futex_pingpong"
     try:
-        subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
-                        str(C_SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [gcc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(C_SOURCE)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         yield exe
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,16 +230,29 @@ def test_handoff_c_futex(benchmark: Any, futex_binary: Path, spin_ns: int, pin: 
     cpus = [str(-1 if c is None else c) for c in PINS[pin]]
 
     def run() -> None:
-        proc = subprocess.run([str(futex_binary), str(ROUND_TRIPS), str(WARMUP), str(spin_ns),
-                               *cpus], check=True, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(futex_binary), str(ROUND_TRIPS), str(WARMUP), str(spin_ns), *cpus],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         out.append(proc.stdout)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     figures = {k: float(v) for k, v in (f.split("=") for f in out[0].split())}
     label = "C futex reference" + (f" (spin {spin_ns // 1000} us)" if spin_ns else "")
-    benchmark.extra_info.update(workload="HANDOFF", impl=label, peer=False, reference=True,
-                                pin=pin, value_size=0, loadavg_start=load,
-                                loadavg_end=load_average(), **figures)
+    benchmark.extra_info.update(
+        workload="HANDOFF",
+        impl=label,
+        peer=False,
+        reference=True,
+        pin=pin,
+        value_size=0,
+        loadavg_start=load,
+        loadavg_end=load_average(),
+        **figures,
+    )
 
 
 # ---- idle CPU ----------------------------------------------------------------------------
@@ -245,6 +274,12 @@ def test_idle_cpu(benchmark: Any, handoff: Handoff) -> None:
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     cpu, wall = got[0]
-    benchmark.extra_info.update(workload="IDLE", impl=handoff.name, peer=handoff.peer,
-                                cpu_s=cpu, wall_s=wall, cpu_pct=100.0 * cpu / wall,
-                                loadavg_start=load)
+    benchmark.extra_info.update(
+        workload="IDLE",
+        impl=handoff.name,
+        peer=handoff.peer,
+        cpu_s=cpu,
+        wall_s=wall,
+        cpu_pct=100.0 * cpu / wall,
+        loadavg_start=load,
+    )

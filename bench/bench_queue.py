@@ -129,8 +129,12 @@ class MultiRun:
         roles = [("consumer", self.n)] + [("producer", self.n // self.producers)] * self.producers
         for role, n in roles:
             r, w = CTX.Pipe(duplex=False)
-            p = CTX.Process(target=_child, args=(self.impl, role, n), daemon=True,
-                            kwargs={"ready": w, "go": self.go, "done": done_w})
+            p = CTX.Process(
+                target=_child,
+                args=(self.impl, role, n),
+                daemon=True,
+                kwargs={"ready": w, "go": self.go, "done": done_w},
+            )
             p.start()
             w.close()
             readies.append(r)
@@ -163,15 +167,20 @@ class MultiRun:
             raise RuntimeError(f"child exit codes {codes}")
 
 
-def _run_multi(benchmark: Any, impl: Impl, workload: str, *, producers: int, n: int,
-               value_size: int) -> None:
+def _run_multi(
+    benchmark: Any, impl: Impl, workload: str, *, producers: int, n: int, value_size: int
+) -> None:
     run = MultiRun(impl, producers, n)
     benchmark.extra_info.update(
-        workload=workload, impl=_label(impl), items=n, producers=producers,
+        workload=workload,
+        impl=_label(impl),
+        items=n,
+        producers=producers,
         value_size=value_size,
     )
-    benchmark.pedantic(run.target, setup=run.setup, teardown=run.teardown, rounds=5,
-                       warmup_rounds=1)
+    benchmark.pedantic(
+        run.target, setup=run.setup, teardown=run.teardown, rounds=5, warmup_rounds=1
+    )
     if isinstance(impl, PyMQueue):
         st = impl.q.stats()
         assert st.items == 0
@@ -188,8 +197,17 @@ def _n(impl: Impl, n: int) -> int:
 
 @pytest.mark.parametrize(
     "key",
-    ["pymqueue", "floor", "floor_bytes", "mp_queue", "mp_simplequeue", "faster_fifo",
-     "posix_ipc", "cloudtoid", "redis"],
+    [
+        "pymqueue",
+        "floor",
+        "floor_bytes",
+        "mp_queue",
+        "mp_simplequeue",
+        "faster_fifo",
+        "posix_ipc",
+        "cloudtoid",
+        "redis",
+    ],
 )
 def test_w1_add_then_fetch(benchmark: Any, make_impl: Any, key: str) -> None:
     impl = make_impl(key, 64)
@@ -229,8 +247,9 @@ def test_w4_batch(benchmark: Any, make_impl: Any, key: str) -> None:
     if key == "faster_fifo":
         label = "faster-fifo put_many/get_many"
     benchmark.extra_info.update(workload="W4", impl=label, items=BATCH, value_size=64)
-    benchmark.pedantic(impl.batch, rounds=20, iterations=20 if key != "redis" else 5,
-                       warmup_rounds=1)
+    benchmark.pedantic(
+        impl.batch, rounds=20, iterations=20 if key != "redis" else 5, warmup_rounds=1
+    )
 
 
 # ---- add cost against queue length --------------------------------------------------------
@@ -280,8 +299,14 @@ def test_add_cost(benchmark: Any, addmode: int, case: str, length: int) -> None:
                 for k in cycle:
                     add(k, value)
 
-        benchmark.extra_info.update(workload="ADD", impl=f"addmode {addmode} {case}",
-                                    addmode=addmode, case=case, length=length, items=OPS)
+        benchmark.extra_info.update(
+            workload="ADD",
+            impl=f"addmode {addmode} {case}",
+            addmode=addmode,
+            case=case,
+            length=length,
+            items=OPS,
+        )
         benchmark.pedantic(op, rounds=ADD_ROUNDS, iterations=ADD_ITERS, warmup_rounds=1)
         st = q.stats()
         assert st.items == length

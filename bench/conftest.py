@@ -155,8 +155,25 @@ def redis_server() -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="pmq-bench-redis-")
     sock = os.path.join(tmp, "redis.sock")
     proc = subprocess.Popen(
-        [exe, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "",
-         "--appendonly", "no", "--dir", tmp, "--daemonize", "no", "--loglevel", "warning"],
+        [
+            exe,
+            "--port",
+            "0",
+            "--unixsocket",
+            sock,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -113,8 +113,9 @@ class PyMQueue(Impl):
         **options: Any,
     ) -> None:
         super().__init__(value_size, **options)
-        self.q = Queue(unique("bench"), create=True, capacity=capacity, policy=policy,
-                       addmode=addmode)
+        self.q = Queue(
+            unique("bench"), create=True, capacity=capacity, policy=policy, addmode=addmode
+        )
 
     def producer(self, n: int) -> None:
         add = self.q.add
@@ -211,8 +212,9 @@ class Floor(PyMQueue):
             self.options["bigbuf"] = ffi.new("uint8_t[]", len(self.msg) * BATCH)
         o = self.options
         lib.pmq_add_many(self.h, o["clens"], o["data"], BATCH, o["done"], 0)
-        lib.pmq_fetch_many(self.h, o["bigbuf"], len(self.msg) * BATCH, o["mlens"], BATCH,
-                           o["done"], 0)
+        lib.pmq_fetch_many(
+            self.h, o["bigbuf"], len(self.msg) * BATCH, o["mlens"], BATCH, o["done"], 0
+        )
         assert o["done"][0] == BATCH
 
 
@@ -369,7 +371,9 @@ class PosixMQ(Impl):
         self.depth = mq_limit("msg_max", 10)
         self.mq_name = "/" + unique("pmqbench")
         self.mq = posix_ipc.MessageQueue(
-            self.mq_name, posix_ipc.O_CREX, max_messages=self.depth,
+            self.mq_name,
+            posix_ipc.O_CREX,
+            max_messages=self.depth,
             max_message_size=len(self.msg),
         )
 
@@ -629,8 +633,12 @@ class PosixMQHandoff(Handoff):
         super().__init__(value_size)
         depth = mq_limit("msg_max", 10)
         self.mqs = [
-            posix_ipc.MessageQueue("/" + unique("pmqbench"), posix_ipc.O_CREX,
-                                   max_messages=depth, max_message_size=len(self.msg))
+            posix_ipc.MessageQueue(
+                "/" + unique("pmqbench"),
+                posix_ipc.O_CREX,
+                max_messages=depth,
+                max_message_size=len(self.msg),
+            )
             for _ in range(2)
         ]
 
@@ -673,8 +681,10 @@ class CloudtoidHandoff(Handoff):
 
     def _open(self, send_on: str, receive_on: str) -> None:
         ci = cloudtoid_interprocess
-        self.ends = [ci.Subscriber(receive_on, self.CAPACITY, path=self.PATH),
-                     ci.Publisher(send_on, self.CAPACITY, path=self.PATH)]
+        self.ends = [
+            ci.Subscriber(receive_on, self.CAPACITY, path=self.PATH),
+            ci.Publisher(send_on, self.CAPACITY, path=self.PATH),
+        ]
 
     def child_init(self) -> None:
         self._open(self.names[1], self.names[0])

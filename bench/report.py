@@ -188,20 +188,28 @@ def targets(r: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     def get(w: str, impl: str) -> float | None:
         return r.get(w, {}).get(impl, {}).get("median")
 
-    lines = ["#### Targets of issue 10 (this run)", "",
-             "| target | figure | verdict |", "|---|---:|---|"]
+    lines = [
+        "#### Targets of issue 10 (this run)",
+        "",
+        "| target | figure | verdict |",
+        "|---|---:|---|",
+    ]
 
-    def check(name: str, w: str, ours: str, ref: str, want: float, *, pct: bool = False,
-              missing: str = "") -> None:
+    def check(
+        name: str, w: str, ours: str, ref: str, want: float, *, pct: bool = False, missing: str = ""
+    ) -> None:
         a, b = get(w, ours), get(w, ref)
         if a is None or b is None:
-            lines.append(f"| {name} | n/a ({missing or f'no {ours!r} or {ref!r} row in {w}'})"
-                         " | NOT MEASURED |")
+            lines.append(
+                f"| {name} | n/a ({missing or f'no {ours!r} or {ref!r} row in {w}'})"
+                " | NOT MEASURED |"
+            )
             return
         ratio = a / b
         fig = f"{ratio:.0%}" if pct else f"{ratio:.2f}x"
-        lines.append(f"| {name} | {fig} ({fmt_rate(a)} / {fmt_rate(b)}) "
-                     f"| {_verdict(ratio >= want)} |")
+        lines.append(
+            f"| {name} | {fig} ({fmt_rate(a)} / {fmt_rate(b)}) | {_verdict(ratio >= want)} |"
+        )
 
     for w, ours, want in (
         ("W1", FACADE, 0.5),
@@ -226,8 +234,12 @@ def targets(r: dict[str, dict[str, dict[str, float]]]) -> list[str]:
               "W4", ours, FLOOR, 0.5, pct=True)
     lines.append("")
 
-    lines += ["#### Earlier targets (before issue 10; against posix_ipc and faster-fifo)", "",
-              "| target | figure | verdict |", "|---|---:|---|"]
+    lines += [
+        "#### Earlier targets (before issue 10; against posix_ipc and faster-fifo)",
+        "",
+        "| target | figure | verdict |",
+        "|---|---:|---|",
+    ]
     for w, ours, ref, want in (
         ("W1", FACADE, POSIX, 2.0),
         ("W1", FACADE, "faster-fifo", 6.0),
@@ -256,8 +268,11 @@ def fmt_x(x: float) -> str:
 
 
 def handoff_rows(data: dict[str, Any], workload: str) -> list[dict[str, Any]]:
-    return [b["extra_info"] for b in data["benchmarks"]
-            if b.get("extra_info", {}).get("workload") == workload]
+    return [
+        b["extra_info"]
+        for b in data["benchmarks"]
+        if b.get("extra_info", {}).get("workload") == workload
+    ]
 
 
 PIN_TITLES = {
@@ -287,8 +302,11 @@ def handoff_table(rows: list[dict[str, Any]], title: str) -> list[str]:
         "",
         f"{int(rows[0]['round_trips'])} timed round trips per row after warm-up; item = key "
         "16 B + value 64 B (peers: one 80 B message; the C reference carries no payload). "
-        + (f"Best peer: median {best_med['impl']}, p99 {best_p99['impl']}."
-           if best_med and best_p99 else "No peer measured."),
+        + (
+            f"Best peer: median {best_med['impl']}, p99 {best_p99['impl']}."
+            if best_med and best_p99
+            else "No peer measured."
+        ),
         "",
         "| implementation | median | p90 | p99 | mean | median / best peer's | "
         "p99 / best peer's p99 | load avg (1/5/15 min) at start |",
@@ -322,8 +340,9 @@ def idle_table(data: dict[str, Any]) -> list[str]:
     ]
     for r in sorted(rows, key=lambda r: r["cpu_pct"]):
         name = r["impl"] + ("" if r.get("peer") else " (ours)")
-        lines.append(f"| {name} | {r['wall_s']:.2f} s | {r['cpu_s'] * 1000:.1f} ms "
-                     f"| {r['cpu_pct']:.2f}% |")
+        lines.append(
+            f"| {name} | {r['wall_s']:.2f} s | {r['cpu_s'] * 1000:.1f} ms | {r['cpu_pct']:.2f}% |"
+        )
     lines.append("")
     return lines
 
@@ -333,8 +352,12 @@ def handoff_targets(data: dict[str, Any]) -> list[str]:
     idle = handoff_rows(data, "IDLE")
     if not all_rows and not idle:
         return []
-    lines = ["#### Targets of issue 9 (this run)", "",
-             "| target | figure | verdict |", "|---|---:|---|"]
+    lines = [
+        "#### Targets of issue 9 (this run)",
+        "",
+        "| target | figure | verdict |",
+        "|---|---:|---|",
+    ]
     for pin in PIN_TITLES:
         rows = [r for r in all_rows if r.get("pin", "none") == pin]
         peers = [r for r in rows if r.get("peer")]
@@ -348,13 +371,16 @@ def handoff_targets(data: dict[str, Any]) -> list[str]:
             (f"hand-off p99 <= 0.5x the best peer's p99 ({pin})", "p99_ns", bp, 0.5),
         ):
             ratio = mine[key] / best[key]
-            lines.append(f"| {label} | {fmt_x(ratio)} ({fmt_us(mine[key])} / {best['impl']} "
-                         f"{fmt_us(best[key])}) | {_verdict(ratio <= want)} |")
+            lines.append(
+                f"| {label} | {fmt_x(ratio)} ({fmt_us(mine[key])} / {best['impl']} "
+                f"{fmt_us(best[key])}) | {_verdict(ratio <= want)} |"
+            )
     for r in idle:
         if not r.get("peer"):
             ok = r["cpu_pct"] < 5.0
-            lines.append(f"| idle CPU < 5% of a core: {r['impl']} | {r['cpu_pct']:.2f}% "
-                         f"| {_verdict(ok)} |")
+            lines.append(
+                f"| idle CPU < 5% of a core: {r['impl']} | {r['cpu_pct']:.2f}% | {_verdict(ok)} |"
+            )
     lines.append("")
     return lines
 

@@ -101,6 +101,8 @@ _DMQ_KEYS = {
     "t1": "num",
     "t2": "num",
     "max_nodes": "int",
+    "max_deferred": "count",  # requests whose async handler answers later, at once
+    "reply_cache_size": "count",  # replies kept for retransmissions
     "allow_networks": "strs",
     "secret": "str",
     "user_agent": "str",
@@ -139,9 +141,11 @@ def parse_dmq_table(table: Mapping[str, Any], source: str | None = None) -> DmqC
             if not math.isfinite(value) or value <= 0:
                 raise bad
             kwargs[key] = float(value)
-        elif kind == "int":
+        elif kind in ("int", "count"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad
+            if kind == "count" and value < 1:
+                raise ctx.error(f"dmq.{key}", f"must be >= 1, got {value!r}")
             kwargs[key] = value
         elif kind == "bool":
             if not isinstance(value, bool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from pymqueue.queue.types import QueueStats
@@ -45,7 +45,33 @@ _BUS_COUNTERS = {
     "dropped": ("dmq_messages_dropped", "KDMQ messages dropped (no handler, full stream)."),
     "handler_failures": ("dmq_handler_failures", "KDMQ handlers that raised."),
     "send_errors": ("dmq_send_errors", "KDMQ datagrams that could not be sent."),
+    "overloaded": ("dmq_overloaded", "KDMQ requests answered 503: max_deferred handlers running."),
+    "batches": ("dmq_read_batches", "Socket wake-ups that read KDMQ datagrams."),
 }
+# bus load (docs/dmq.md, "Under load"): (name, help, read from the BusThread)
+_BUS_LOAD: dict[str, tuple[str, str, Callable[[Any], int]]] = {
+    "pending": ("dmq_pending_transactions", "Our KDMQ requests waiting for a final reply.",
+                lambda b: b.bus.core.pending_transactions),
+    "deferred": ("dmq_deferred_requests", "Received requests whose handler answers later.",
+                 lambda b: b.bus.core.deferred_requests),
+    "max_deferred": ("dmq_max_deferred", "Limit on deferred requests and async handlers.",
+                     lambda b: b.bus.config.max_deferred),
+    "cache": ("dmq_reply_cache_entries", "Replies kept for retransmitted requests.",
+              lambda b: b.bus.core.reply_cache_entries),
+    "cache_size": ("dmq_reply_cache_max_entries", "Limit on the reply cache (reply_cache_size).",
+                   lambda b: b.bus.config.reply_cache_size),
+    "max_batch": ("dmq_max_batch", "Most KDMQ datagrams read in one socket wake-up.",
+                  lambda b: b.bus.stats.max_batch),
+    "rcvbuf": ("dmq_receive_buffer_bytes", "Receive buffer the kernel granted the bus socket.",
+               lambda b: b.bus.stats.rcvbuf),
+}  # fmt: skip
+_BUS_LOAD_COUNTERS: dict[str, tuple[str, str, Callable[[Any], int]]] = {
+    "evicted": ("dmq_reply_cache_evicted", "Replies pushed out of the cache before their time.",
+                lambda b: b.bus.core.reply_cache_evicted),
+    "deferred_dropped": ("dmq_deferred_dropped",
+                         "Deferred requests forgotten unanswered (max_deferred waiting).",
+                         lambda b: b.bus.core.deferred_dropped),
+}  # fmt: skip
 
 
 _DQUEUE_COUNTERS = {
@@ -196,6 +222,15 @@ class _InstanceCollector:
         for field, (name, help_text) in _BUS_COUNTERS.items():
             c = CounterMetricFamily(f"{PREFIX}_{name}", help_text)
             c.add_metric([], getattr(stats, field))
+            yield c
+        # read from this thread while the bus's loop runs: each is one int or len() (atomic)
+        for name, help_text, read in _BUS_LOAD.values():
+            g = GaugeMetricFamily(f"{PREFIX}_{name}", help_text)
+            g.add_metric([], read(bus))
+            yield g
+        for name, help_text, read in _BUS_LOAD_COUNTERS.values():
+            c = CounterMetricFamily(f"{PREFIX}_{name}", help_text)
+            c.add_metric([], read(bus))
             yield c
 
 

@@ -268,6 +268,24 @@ notification_address = ["sip:127.0.0.1:5091"]
     assert cfg.source == str(path)
 
 
+def test_dmq_load_limits(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[dmq]
+server_address = "sip:127.0.0.1:5090"
+max_deferred = 7
+reply_cache_size = 33
+""",
+    )
+    dc = load_config(path).dmq_config
+    assert dc is not None
+    assert (dc.max_deferred, dc.reply_cache_size) == (7, 33)
+    defaults = load_config(write(tmp_path, '[dmq]\nserver_address = "sip:127.0.0.1:5090"'))
+    assert defaults.dmq_config is not None
+    assert (defaults.dmq_config.max_deferred, defaults.dmq_config.reply_cache_size) == (4096, 16384)
+
+
 def test_minimal_config(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""))
     assert cfg.queues == ()
@@ -331,13 +349,43 @@ policy = 1
         ("[rpc]\nlisten = 'x'", "rpc.listen", "unknown"),
         ("[rpc]\nunix = ''", "rpc.unix", "non-empty"),
         ("dmq = 3", "dmq", "table"),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nmax_deferred = 0",
+            "dmq.max_deferred",
+            ">= 1",
+        ),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nmax_deferred = -5",
+            "dmq.max_deferred",
+            "-5",
+        ),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nmax_deferred = 1.5",
+            "dmq.max_deferred",
+            "1.5",
+        ),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nmax_deferred = true",
+            "dmq.max_deferred",
+            "True",
+        ),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nreply_cache_size = 0",
+            "dmq.reply_cache_size",
+            ">= 1",
+        ),
+        (
+            "[dmq]\nserver_address = 'sip:127.0.0.1:5090'\nreply_cache_size = '9'",
+            "dmq.reply_cache_size",
+            "'9'",
+        ),
         ("queue = 'x'", "queue", "array"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(path).dmq_config  # noqa: B018 - the [dmq] table is checked when read
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert fragment in message

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -229,6 +230,8 @@ class DmqCore:
             max_nodes=config.max_nodes,
             accept=None if nets is None else lambda n: _allowed(n.address[0], nets),
         )
+        self._local_uri = config.local.uri
+        self._call_id_host = config.local.host.strip("[]")
         self._txns = ClientTransactions(config.t1, config.t2, config.fr_timer)
         ttl = config.reply_cache_ttl or config.fr_timer + config.t2
         self._cache = ReplyCache(ttl, config.reply_cache_size)
@@ -236,6 +239,10 @@ class DmqCore:
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[DmqEvent] = deque()
         self._ids = itertools.count(1)
+        # To tags of our replies: a random per-node prefix and a counter (unique, and no
+        # system call per reply)
+        self._tag_prefix = secrets.token_hex(4)
+        self._tags = itertools.count()
         # insertion order = deadline order (every deadline is now + ttl)
         self._deferred: OrderedDict[int, _Deferred] = OrderedDict()
         self.deferred_dropped = 0
@@ -449,16 +456,16 @@ class DmqCore:
         now: float,
         status_at_send: NodeStatus | None = None,
     ) -> int:
-        branch = _msg.new_branch()
-        call_id = _msg.new_call_id(self.config.local.host.strip("[]"))
+        branch, tag, call_id = _msg.new_ids(self._call_id_host)
         data = _msg.build_request(
             channel=channel,
             target=node.uri,
-            local=self.config.local.uri,
+            local=self._local_uri,
             body=body,
             content_type=content_type,
             max_forwards=max_forwards,
             branch=branch,
+            from_tag=tag,
             call_id=call_id,
             user_agent=self.config.user_agent,
             rport=self.config.via_rport,
@@ -488,7 +495,9 @@ class DmqCore:
         as the IPv4 address, and an IPv6 scope id is dropped.
         """
         try:
-            self._receive(bytes(data), (_norm_ip(str(addr[0])), int(addr[1])), now)
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._receive(data, (_norm_ip(str(addr[0])), int(addr[1])), now)
         except DmqProtocolError as exc:  # pragma: no cover - defensive: all paths catch
             self._drop(addr, f"protocol error: {exc}")
 
@@ -535,7 +544,7 @@ class DmqCore:
         if addr[0] != _norm_ip(txn.address[0]):
             self._drop(addr, "reply from another host than the request went to")
             return
-        done = self._txns.on_response(resp, now)
+        done = self._txns.on_response(resp, now, txn)
         if done is not None:
             self._finish(done, resp.code, resp.reason, resp, now)
 
@@ -660,6 +669,7 @@ class DmqCore:
                 reason,
                 body=body,
                 content_type=ctype,
+                to_tag=f"{self._tag_prefix}{next(self._tags):x}",
                 source=addr,
                 server=self.config.user_agent,
             )

@@ -22,11 +22,12 @@ datagram in the ``X-Pymqueue-Signature`` header, which Kamailio ignores.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pymqueue.errors import DmqProtocolError
@@ -100,6 +101,17 @@ _MEDIA_TYPE_RE = re.compile(
     _TOKEN + "/" + _TOKEN + r"(?:\s*;\s*" + _TOKEN + "=(?:" + _TOKEN + r"|\"[^\"\r\n]*\"))*"
 )
 _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_PARAMS_FAST_RE = re.compile(r"(?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?){1,32}")
+_LENGTH_RE = re.compile(r"[0-9]{1,6}")
+_MAX_FORWARDS_RE = re.compile(r"[0-9]{1,3}")
+_DISPLAY_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ ]+")
+# one header line of the fast path: CRLF, name, colon, value (no control character but HTAB,
+# so no folding either); the value neither starts nor ends with a blank (a line ending in
+# blanks does not match, so the general path strips it)
+_FAST_LINE_RE = re.compile(
+    r"\r\n(" + _TOKEN + r")[ \t]*:[ \t]*"
+    r"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)(?=\r\n|\Z)"
+)
 _REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{0,128}")
 
 
@@ -114,9 +126,19 @@ def _parse_params(text: str, what: str) -> Params:
     """Parse ``;name[=value]…`` (``text`` starts with ``;`` or is empty)."""
     if not text:
         return ()
+    if _PARAMS_FAST_RE.fullmatch(text):
+        # no whitespace, no quotes, at most 32: the loop below without its checks
+        if text.count(";") == 1:  # the usual ;tag= or ;branch=
+            name, sep, value = text[1:].partition("=")
+            return ((name.lower(), value if sep else None),)
+        out: list[tuple[str, str | None]] = []
+        for raw in text[1:].split(";"):
+            name, sep, value = raw.partition("=")
+            out.append((name.lower(), value if sep else None))
+        return tuple(out)
     if not text.startswith(";"):
         raise _fail(f"bad parameters in {what}")
-    out: list[tuple[str, str | None]] = []
+    out = []
     for raw in text[1:].split(";"):
         part = raw.strip()
         name, sep, value = part.partition("=")
@@ -136,7 +158,9 @@ def _parse_params(text: str, what: str) -> Params:
 
 
 def _format_params(params: Params) -> str:
-    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    if not params:
+        return ""
+    return "".join([f";{n}" if v is None else f";{n}={v}" for n, v in params])
 
 
 def _param(params: Params, name: str) -> str | None:
@@ -158,6 +182,8 @@ class SipUri:
     port: str = ""
     user: str | None = None
     params: Params = ()
+    _text: str = field(default="", init=False, repr=False, compare=False)
+    """``str(self)``, formatted at the first call (URIs are parsed once and cached)."""
 
     @property
     def port_number(self) -> int:
@@ -176,15 +202,26 @@ class SipUri:
         return (self.host.strip("[]"), self.port_number)
 
     def __str__(self) -> str:
-        user = f"{self.user}@" if self.user is not None else ""
-        port = f":{self.port}" if self.port else ""
-        return f"sip:{user}{self.host}{port}{_format_params(self.params)}"
+        text = self._text
+        if not text:
+            user = f"{self.user}@" if self.user is not None else ""
+            port = f":{self.port}" if self.port else ""
+            text = f"sip:{user}{self.host}{port}{_format_params(self.params)}"
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 def parse_uri(text: str) -> SipUri:
     """Parse a ``sip:`` URI; raise :class:`DmqProtocolError` if it is not one we accept."""
     if not isinstance(text, str) or len(text) > MAX_HEADER_LINE:
         raise _fail("bad SIP URI")
+    return _parse_uri(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_uri(text: str) -> SipUri:
+    """Cached (errors are not): a bus sees the same few URIs in every message, and a
+    :class:`SipUri` is immutable."""
     m = _URI_RE.fullmatch(text)
     if m is None:
         raise _fail(f"bad SIP URI: {text[:80]!r}")
@@ -221,6 +258,10 @@ class NameAddr:
 
 
 def _parse_name_addr(value: str, what: str) -> NameAddr:
+    if value[:1] == "<":  # the usual form, no display name: the branch below without it
+        uri_text, sep, params = value[1:].partition(">")
+        if sep:
+            return NameAddr(parse_uri(uri_text.strip()), _parse_params(params.strip(), what))
     if "<" in value:
         display, _, rest = value.partition("<")
         uri_text, sep, params = rest.partition(">")
@@ -229,7 +270,7 @@ def _parse_name_addr(value: str, what: str) -> NameAddr:
         display = display.strip()
         if display and not (
             (display.startswith('"') and display.endswith('"') and len(display) >= 2)
-            or re.fullmatch(r"[A-Za-z0-9\-.!%*_+`'~ ]+", display)
+            or _DISPLAY_RE.fullmatch(display)
         ):
             raise _fail(f"bad display name in {what}")
         return NameAddr(
@@ -263,11 +304,31 @@ class Via:
         return f"{self.host}:{self.port}" if self.port is not None else self.host
 
     def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {self.sent_by()}{_format_params(self.params)}"
+        sent_by = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"SIP/2.0/{self.transport} {sent_by}{_format_params(self.params)}"
 
 
 def _parse_via(value: str) -> Via:
-    m = _VIA_RE.fullmatch(value.strip())
+    value = value.strip()
+    sent, sep, params = value.partition(";")
+    if sep and sent == sent.rstrip():  # the cached protocol and sent-by, then the params
+        try:
+            transport, host, port = _parse_sent_by(sent)
+        except DmqProtocolError:
+            return _parse_via_text(value)  # raises, naming the whole value
+        return Via(transport, host, port, _parse_params(sep + params, "Via"))
+    return _parse_via_text(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_sent_by(sent: str) -> tuple[str, str, int | None]:
+    """``SIP/2.0/UDP host:port`` of a Via, cached (a bus sees few); errors as the whole."""
+    via = _parse_via_text(sent)
+    return via.transport, via.host, via.port
+
+
+def _parse_via_text(value: str) -> Via:
+    m = _VIA_RE.fullmatch(value)
     if m is None:
         raise _fail(f"bad Via: {value[:80]!r}")
     host = m.group("host")
@@ -429,7 +490,7 @@ def _common(headers: list[tuple[str, str]], body: bytes, strict_length: bool) ->
         raise _fail("bad CSeq")
     if strict_length:
         length_text = _one(headers, "content-length")
-        if not re.fullmatch(r"[0-9]{1,6}", length_text):
+        if not _LENGTH_RE.fullmatch(length_text):
             raise _fail(f"bad Content-Length: {length_text[:20]!r}")
         if int(length_text) != len(body):
             raise _fail(f"Content-Length {int(length_text)} but the body has {len(body)} bytes")
@@ -455,6 +516,13 @@ def parse_message(data: bytes, *, strict_length: bool = True) -> DmqRequest | Dm
     ``strict_length=False`` skips the ``Content-Length`` checks (the body is the rest of the
     datagram); the core uses it only to address a ``400`` reply to a request it rejects.
     """
+    if strict_length and type(data) is bytes and len(data) <= MAX_DATAGRAM:
+        try:
+            msg = _parse_fast(data)
+        except Exception:  # anything odd: the general path decides, with its own error
+            msg = None
+        if msg is not None:
+            return msg
     try:
         return _parse(data, strict_length)
     except DmqProtocolError:
@@ -489,10 +557,115 @@ def _parse(data: bytes, strict_length: bool) -> DmqRequest | DmqResponse:
     mf_text = _optional_one(headers, "max-forwards")
     max_forwards: int | None = None
     if mf_text is not None:
-        if not re.fullmatch(r"[0-9]{1,3}", mf_text) or int(mf_text) > 255:
+        if not _MAX_FORWARDS_RE.fullmatch(mf_text) or int(mf_text) > 255:
             raise _fail(f"bad Max-Forwards: {mf_text[:20]!r}")
         max_forwards = int(mf_text)
     return DmqRequest(*common, method=method, uri=parse_uri(m.group(2)), max_forwards=max_forwards)
+
+
+_NAMES: dict[str, str] = {}
+"""Header names as written on the wire -> lower-case full names (a bus sees few)."""
+
+
+def _header_name(name: str) -> str:
+    key = name.lower()
+    key = _COMPACT.get(key, key)
+    if len(_NAMES) < 256:
+        _NAMES[name] = key
+    return key
+
+
+def _parse_fast(data: bytes) -> DmqRequest | DmqResponse | None:
+    """The common case in few C-level passes, or None: the general path then decides.
+
+    Taken only when the header section is at most :data:`MAX_HEADER_LINE` characters (so no
+    line is too long), has at most :data:`MAX_HEADERS` lines, none folded, none repeated
+    (one ``Via`` header, possibly with several values). Every line is checked by one regex
+    (:data:`_FAST_LINE_RE`: the same name, separator, control-character and blank rules as
+    :func:`_header_lines`) and the fields by the same parsers as :func:`_common`, so it
+    accepts exactly what the general path accepts and gives the same message; any doubt or
+    error returns None or raises, and :func:`_parse` then runs the general path for the
+    verdict (``tests/dmq/test_dmq_codec_fast.py`` compares both on fuzzed input).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > MAX_HEADER_LINE:
+        return None
+    text = data[:end].decode("utf-8")  # UnicodeDecodeError: general path
+    nl = text.find("\r\n")
+    if nl < 0:
+        return None
+    found = _FAST_LINE_RE.findall(text, nl)
+    if len(found) != text.count("\r\n", nl) or len(found) > MAX_HEADERS:
+        return None
+    names = _NAMES
+    headers = [(names.get(n) or _header_name(n), v) for n, v in found]
+    h = dict(headers)
+    if len(h) != len(headers):
+        return None  # a repeated header: the general path counts them
+    body = data[end + 4 :]
+    vias = tuple([_parse_via(part) for part in h["via"].split(",")])
+    if len(vias) > 16:
+        return None
+    call_id = h["call-id"]
+    if not _CALL_ID_RE.fullmatch(call_id):
+        return None
+    cseq_m = _CSEQ_RE.fullmatch(h["cseq"])
+    length = h["content-length"]
+    if cseq_m is None or not _LENGTH_RE.fullmatch(length) or int(length) != len(body):
+        return None
+    cseq = int(cseq_m.group(1))
+    if cseq >= 2**31:
+        return None
+    content_type = h.get("content-type")
+    if content_type is not None and not _MEDIA_TYPE_RE.fullmatch(content_type):
+        return None
+    from_ = _parse_name_addr(h["from"], "From")
+    to = _parse_name_addr(h["to"], "To")
+    start = text[:nl]
+    cseq_method = cseq_m.group(2)
+    if start.startswith("SIP/2.0 "):
+        m = _STATUS_RE.fullmatch(start)
+        if m is None:
+            return None
+        return DmqResponse(
+            tuple(headers),
+            body,
+            vias,
+            from_,
+            to,
+            call_id,
+            cseq,
+            cseq_method,
+            content_type,
+            int(m.group(1)),
+            m.group(2),
+        )
+    m = _REQUEST_RE.fullmatch(start)
+    # the method as _parse's first check wants it: 1 to 32 ASCII letters
+    if m is None or m.group(1) != cseq_method or len(cseq_method) > 32:
+        return None
+    if not (cseq_method.isascii() and cseq_method.isalpha()):
+        return None
+    mf_text = h.get("max-forwards")
+    max_forwards: int | None = None
+    if mf_text is not None:
+        if not _MAX_FORWARDS_RE.fullmatch(mf_text) or int(mf_text) > 255:
+            return None
+        max_forwards = int(mf_text)
+    return DmqRequest(
+        tuple(headers),
+        body,
+        vias,
+        from_,
+        to,
+        call_id,
+        cseq,
+        cseq_method,
+        content_type,
+        cseq_method,
+        parse_uri(m.group(2)),
+        max_forwards,
+    )
 
 
 # --------------------------------------------------------------------------- building
@@ -501,6 +674,13 @@ def _parse(data: bytes, strict_length: bool) -> DmqRequest | DmqResponse:
 def new_branch() -> str:
     """A fresh RFC 3261 branch (``z9hG4bK`` + 16 hex digits)."""
     return BRANCH_COOKIE + secrets.token_hex(8)
+
+
+def new_ids(host: str) -> tuple[str, str, str]:
+    """A fresh branch, From tag and Call-ID (as :func:`new_branch`, :func:`new_tag` and
+    :func:`new_call_id`) from one draw of the system's random source."""
+    hex_ = secrets.token_hex(22)
+    return BRANCH_COOKIE + hex_[:16], hex_[16:28], f"{hex_[28:]}@{host}"
 
 
 def new_tag() -> str:
@@ -517,11 +697,41 @@ def _check_token(value: str, what: str, pattern: re.Pattern[str] = _TOKEN_RE) ->
     return value
 
 
-def _finish(lines: list[str], body: bytes) -> bytes:
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
-    if len(data) > MAX_DATAGRAM:
-        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
-    return data
+_TEMPLATES: dict[tuple[object, ...], tuple[str, str, str]] = {}
+"""Constant parts of the requests a bus sends, per (channel, target, local, …)."""
+
+
+def _request_template(
+    *,
+    channel: str,
+    target: SipUri,
+    local: SipUri,
+    content_type: str | None,
+    max_forwards: int,
+    user_agent: str | None,
+    rport: bool,
+) -> tuple[str, str, str]:
+    """Validate the per-destination arguments of :func:`build_request` and format its lines
+    up to the branch, between branch and tag, and after Content-Length."""
+    _check_token(channel, "channel", _USER_RE)
+    if content_type is not None:
+        _check_token(content_type, "Content-Type", _MEDIA_TYPE_RE)
+    if not isinstance(max_forwards, int) or not 0 <= max_forwards <= 255:
+        raise _fail("bad Max-Forwards")
+    transport = target.transport
+    r_params: Params = (("transport", transport),) if transport and transport != "udp" else ()
+    ruri = SipUri(host=target.host, port=target.port, user=channel, params=r_params)
+    from_uri = SipUri(host=local.host, port=local.port, user=channel)
+    via = Via(transport="UDP", host=local.host, port=local.port_number)
+    before_branch = f"KDMQ {ruri} {SIP_VERSION}\r\nVia: {via};branch="
+    before_tag = (";rport" if rport else "") + f"\r\nTo: <{ruri}>\r\nFrom: <{from_uri}>;tag="
+    tail = ""
+    if user_agent:
+        tail += f"User-Agent: {_check_token(user_agent, 'User-Agent', _REASON_RE)}\r\n"
+    tail += f"Max-Forwards: {max_forwards}\r\n"
+    if content_type is not None:
+        tail += f"Content-Type: {content_type}\r\n"
+    return before_branch, before_tag, tail
 
 
 def build_request(
@@ -544,40 +754,44 @@ def build_request(
     Header order and forms are Kamailio's (tm local UAC): Via, To, From, CSeq, Call-ID,
     Content-Length, User-Agent, Max-Forwards, Content-Type. Branch, tag and Call-ID are random
     unless given. ``rport=True`` adds ``;rport`` to the Via (Kamailio does not).
+
+    The lines that depend only on channel, nodes and options are validated and formatted
+    once per combination (a bounded cache); each call checks and fills in the rest.
     """
-    _check_token(channel, "channel", _USER_RE)
     if not isinstance(body, bytes):
         raise _fail("body must be bytes")
-    if content_type is not None:
-        _check_token(content_type, "Content-Type", _MEDIA_TYPE_RE)
-    if not isinstance(max_forwards, int) or not 0 <= max_forwards <= 255:
-        raise _fail("bad Max-Forwards")
+    key: tuple[object, ...] = (channel, target, local, content_type, max_forwards)
+    key += (type(max_forwards), user_agent, rport)
+    try:
+        template = _TEMPLATES.get(key)
+    except TypeError:  # unhashable argument: the checks raise
+        template = None
+    if template is None:
+        template = _request_template(
+            channel=channel,
+            target=target,
+            local=local,
+            content_type=content_type,
+            max_forwards=max_forwards,
+            user_agent=user_agent,
+            rport=rport,
+        )
+        if len(_TEMPLATES) >= 1024:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
     if not isinstance(cseq, int) or not 0 <= cseq < 2**31:
         raise _fail("bad CSeq")
     branch = _check_token(branch or new_branch(), "branch")
     from_tag = _check_token(from_tag or new_tag(), "tag")
     call_id = _check_token(call_id or new_call_id(local.host), "Call-ID", _CALL_ID_RE)
-    transport = target.transport
-    r_params: Params = (("transport", transport),) if transport and transport != "udp" else ()
-    ruri = SipUri(host=target.host, port=target.port, user=channel, params=r_params)
-    from_uri = SipUri(host=local.host, port=local.port, user=channel)
-    via_params: Params = (("branch", branch),) + ((("rport", None),) if rport else ())
-    via = Via(transport="UDP", host=local.host, port=local.port_number, params=via_params)
-    lines = [
-        f"KDMQ {ruri} {SIP_VERSION}",
-        f"Via: {via}",
-        f"To: <{ruri}>",
-        f"From: <{from_uri}>;tag={from_tag}",
-        f"CSeq: {cseq} KDMQ",
-        f"Call-ID: {call_id}",
-        f"Content-Length: {len(body)}",
-    ]
-    if user_agent:
-        lines.append(f"User-Agent: {_check_token(user_agent, 'User-Agent', _REASON_RE)}")
-    lines.append(f"Max-Forwards: {max_forwards}")
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    return _finish(lines, body)
+    before_branch, before_tag, tail = template
+    data = (
+        f"{before_branch}{branch}{before_tag}{from_tag}\r\nCSeq: {cseq} KDMQ\r\n"
+        f"Call-ID: {call_id}\r\nContent-Length: {len(body)}\r\n{tail}\r\n"
+    ).encode() + body
+    if len(data) > MAX_DATAGRAM:
+        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
 
 
 def build_response(
@@ -622,24 +836,22 @@ def build_response(
         elif top.host.strip("[]") != ip and _param(top.params, "received") is None:
             vias[0] = Via(top.transport, top.host, top.port, (*top.params, ("received", ip)))
     to = request.to
-    if to.tag is None:
-        to = NameAddr(
-            to.uri, (*to.params, ("tag", _check_token(to_tag or new_tag(), "tag"))), to.display
-        )
-    lines = [f"{SIP_VERSION} {code} {reason}"]
-    lines += [f"Via: {v}" for v in vias]
-    lines += [
-        f"To: {to}",
-        f"From: {request.from_}",
-        f"CSeq: {request.cseq} {request.cseq_method}",
-        f"Call-ID: {request.call_id}",
-    ]
-    if body:
-        lines.append(f"Content-Type: {content_type}")
+    to_text = str(to)
+    if to.tag is None:  # the tag goes last, as a parameter added to the parsed ones
+        to_text += f";tag={_check_token(to_tag or new_tag(), 'tag')}"
+    # one string, no intermediate list of lines: this runs once per request received
+    via_text = "".join([f"Via: {v}\r\n" for v in vias])
+    extra = f"Content-Type: {content_type}\r\n" if body else ""
     if server:
-        lines.append(f"Server: {_check_token(server, 'Server', _REASON_RE)}")
-    lines.append(f"Content-Length: {len(body)}")
-    return _finish(lines, body)
+        extra += f"Server: {_check_token(server, 'Server', _REASON_RE)}\r\n"
+    data = (
+        f"{SIP_VERSION} {code} {reason}\r\n{via_text}To: {to_text}\r\n"
+        f"From: {request.from_}\r\nCSeq: {request.cseq} {request.cseq_method}\r\n"
+        f"Call-ID: {request.call_id}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    if len(data) > MAX_DATAGRAM:
+        raise _fail(f"message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
 
 
 # --------------------------------------------------------------------------- signing

@@ -26,6 +26,7 @@ literals, and besides the local node only nodes that are active *and* were seen 
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class NodeId:
 
     @classmethod
     def from_uri(cls, uri: SipUri) -> NodeId:
+        if cls is NodeId:
+            return _node_of(uri.host, uri.port, uri.transport)
         return cls(host=uri.host, port=uri.port, transport=uri.transport)
 
     @property
@@ -101,16 +104,32 @@ class NodeId:
 
     @property
     def uri(self) -> SipUri:
-        params = (("transport", self.transport),) if self.transport is not None else ()
-        return SipUri(host=self.host, port=self.port, params=params)
+        return _uri_of(self.host, self.port, self.transport)
 
     @property
     def address(self) -> tuple[str, int]:
         """``(ip, port)`` to send UDP datagrams to."""
-        return self.uri.address
+        return _address_of(self.host, self.port, self.transport)
 
     def __str__(self) -> str:
         return str(self.uri)
+
+
+# a bus names the same few nodes in every message: both are immutable, so cache them
+@functools.lru_cache(maxsize=1024)
+def _node_of(host: str, port: str, transport: str | None) -> NodeId:
+    return NodeId(host=host, port=port, transport=transport)
+
+
+@functools.lru_cache(maxsize=1024)
+def _uri_of(host: str, port: str, transport: str | None) -> SipUri:
+    params = (("transport", transport),) if transport is not None else ()
+    return SipUri(host=host, port=port, params=params)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_of(host: str, port: str, transport: str | None) -> tuple[str, int]:
+    return _uri_of(host, port, transport).address
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,8 @@ class DmqProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         core = self.core
         now = self._loop.time()
-        core.receive_datagram(data, (str(addr[0]), int(addr[1])), now)
+        receive = core.receive_datagram  # it normalises the address itself
+        receive(data, addr, now)
         n = 1
         sock = self._sock
         if sock is not None:
@@ -115,7 +116,7 @@ class DmqProtocol(asyncio.DatagramProtocol):
                     self.error_received(exc)
                     break
                 n += 1
-                core.receive_datagram(data, (str(addr[0]), int(addr[1])), now)
+                receive(data, addr, now)
         stats = self.stats
         stats.received += n
         stats.batches += 1

@@ -168,9 +168,13 @@ class ClientTransactions:
             return None
         return txn
 
-    def on_response(self, response: DmqResponse, now: float) -> ClientTransaction | None:
-        """Feed a reply; return the transaction it completes (final replies only)."""
-        txn = self.match(response)
+    def on_response(
+        self, response: DmqResponse, now: float, txn: ClientTransaction | None = None
+    ) -> ClientTransaction | None:
+        """Feed a reply; return the transaction it completes (final replies only).
+        ``txn``: what :meth:`match` returned for it, if the caller asked already."""
+        if txn is None:
+            txn = self.match(response)
         if txn is None:
             return None
         if response.code < 200:
@@ -182,7 +186,8 @@ class ClientTransactions:
                 self._schedule(txn)  # the old entry becomes stale
             return None
         self._remove(txn)
-        self._compact()
+        if len(self._heap) > 2 * len(self._by_branch) + 64:
+            self._compact()
         return txn
 
     def handle_timer(

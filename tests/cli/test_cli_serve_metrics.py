@@ -3,6 +3,7 @@ prometheus_client's own parser, the values checked against ``Queue.stats()``."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import select
@@ -20,17 +21,18 @@ from pymqueue.dmq import BusThread, NodeStatus
 from pymqueue.queue.sync import Queue
 
 
-@pytest.fixture
-def served(tmp_path: Path, namespace: str) -> Iterator[tuple[int, str, str]]:
-    """A ``pymqueue serve`` with queues m1 (size 5) and m2, RPC on HTTP and a DMQ bus whose
-    notification peer is a bus of this test; yields (rpc port, instance URI, peer URI)."""
+@contextlib.contextmanager
+def _serve(tmp_path: Path, namespace: str, dmq: str) -> Iterator[tuple[int, str, str]]:
+    """A ``pymqueue serve`` with queues m1 (size 5) and m2, RPC on HTTP and a DMQ bus (extra
+    ``[dmq]`` lines ``dmq``) whose notification peer is a bus of this test; yields (rpc port,
+    instance URI, peer URI)."""
     rpc_port, i_uri, peer_uri = free_port(), uri(udp_port()), uri(udp_port())
     cfg = tmp_path / "pmq.toml"
     cfg.write_text(
         'modparam = [["mqueue", "name=m1;size=5"], ["mqueue_name", "m2"]]\n'
         f"[rpc]\nport = {rpc_port}\n\n"
         f'[dmq]\nserver_address = "{i_uri}"\nnotification_address = "{peer_uri}"\n'
-        "ping_interval = 5\nfr_timer = 1.0\n"
+        f"ping_interval = 5\n{dmq}"
     )
     with BusThread(peer_uri, None, ping_interval=5.0, fr_timer=1.0) as peer:
         proc = subprocess.Popen(
@@ -47,6 +49,12 @@ def served(tmp_path: Path, namespace: str) -> Iterator[tuple[int, str, str]]:
         finally:
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path, namespace: str) -> Iterator[tuple[int, str, str]]:
+    with _serve(tmp_path, namespace, "fr_timer = 1.0\n") as s:
+        yield s
 
 
 def _http(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, str, bytes]:
@@ -134,3 +142,34 @@ def test_other_gets_are_still_refused(served: tuple[int, str, str]) -> None:
     status, _, body = _http(served[0], "GET", "/RPC")
     assert status == 405
     assert b"use HTTP POST" in body
+
+
+def test_bus_load_metrics_and_limits_from_the_config(tmp_path: Path, namespace: str) -> None:
+    """``max_deferred``/``reply_cache_size`` of the ``[dmq]`` table reach the bus, and its
+    load figures (reply cache, evictions, pending, deferred) are exported."""
+    # fr_timer 30: cached replies live 34 s, so none expires between the sends and the scrape
+    dmq = "fr_timer = 30.0\nmax_deferred = 7\nreply_cache_size = 33\n"
+    with (
+        _serve(tmp_path, namespace, dmq) as (port, i_uri, _),
+        BusThread(uri(udp_port()), i_uri, ping_interval=5.0, fr_timer=5.0) as sender,
+    ):
+        sender.wait_status(i_uri, NodeStatus.ACTIVE, timeout=10)
+        for i in range(40):  # no such channel: each answered 404, and the reply cached
+            assert sender.send("nobody", i_uri, f"r{i}").code == 404
+        got = _scrape(port)
+
+    def value(name: str) -> float:
+        return got[(name, ())]
+
+    assert value("pymqueue_dmq_max_deferred") == 7
+    assert value("pymqueue_dmq_reply_cache_max_entries") == 33
+    assert value("pymqueue_dmq_reply_cache_entries") == 33  # full: 40 requests + notifications
+    assert value("pymqueue_dmq_reply_cache_evicted_total") >= 40 - 33
+    assert value("pymqueue_dmq_deferred_requests") == 0
+    assert value("pymqueue_dmq_deferred_dropped_total") == 0
+    assert value("pymqueue_dmq_overloaded_total") == 0
+    assert value("pymqueue_dmq_pending_transactions") >= 0
+    assert value("pymqueue_dmq_read_batches_total") >= 1
+    assert value("pymqueue_dmq_max_batch") >= 1
+    assert value("pymqueue_dmq_receive_buffer_bytes") > 0
+    assert value("pymqueue_dmq_messages_received_total") >= 40
