@@ -7,7 +7,6 @@ import gc
 import multiprocessing as mp
 import pickle
 from array import array
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -230,15 +229,6 @@ def test_put_many_with_a_serializer_returning_wide_buffers() -> None:
 
 
 # ---- across processes ---------------------------------------------------------------------
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    for child in mp.active_children():  # a failed assertion must not leave children behind
-        child.kill()
-        child.join(10)
 
 
 def batch_producer(q: pymqueue.Queue, producer_id: int, n: int, batch: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -95,15 +94,6 @@ def test_put_get_on_a_closed_queue() -> None:
             q.get()
         with pytest.raises(pymqueue.QueueClosed):
             q.fetch()
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    for child in mp.active_children():  # a failed assertion must not leave children behind
-        child.kill()
-        child.join(10)
 
 
 def put_when_a_getter_sleeps(q: pymqueue.Queue, objs: list[Any]) -> None:

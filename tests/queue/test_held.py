@@ -11,33 +11,15 @@ import multiprocessing as mp
 import os
 import selectors
 import signal
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from engine_helpers import OFF_VERSION, mapped
+from engine_helpers import OFF_VERSION, mapped, wait_until
 from pymqueue._pmq_c import lib
 from queue_helpers import fresh_queue, run_in
 
 import pymqueue
 from pymqueue import AsyncQueue, Overflow
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    for child in mp.active_children():
-        child.kill()
-        child.join(10)
-
-
-def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.005)
 
 
 def test_held_items_count_and_peek_but_are_not_fetched_until_released() -> None:
@@ -118,7 +100,7 @@ def test_a_consumer_asleep_in_a_wait_wakes_when_its_item_is_released(
         q.add(b"k", b"v")
         r, w = ctx.Pipe(duplex=False)
         p = run_in(ctx, _fetch_and_report, q, w)
-        _until(lambda: q.stats().getters_waiting == 1)
+        wait_until(lambda: q.stats().getters_waiting == 1, "the consumer waits")
         assert not r.poll(0.05)  # asleep: the held item is not taken
         q.release_through(q.peek_records(1)[0].id)
         assert r.poll(30), "the consumer was not woken by the release"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,6 @@ from queue_helpers import fresh_queue, run_in
 
 import pymqueue
 from pymqueue import AsyncQueue, JoinableQueue
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    for child in mp.active_children():
-        child.kill()
-        child.join(10)
 
 
 def test_stats_show_the_unfinished_count() -> None:

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pytest
 from queue_helpers import consumer, fresh_queue, parse_value, producer, run_in, value_is_whole
 
 import pymqueue
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    # A failed assertion must not leave children waiting forever: stop them by PID.
-    for child in mp.active_children():
-        child.kill()
-        child.join(10)
 
 
 @pytest.mark.parametrize(("producers", "consumers", "batch"), [(4, 3, 0), (3, 2, 64)])

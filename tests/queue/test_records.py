@@ -6,31 +6,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from engine_helpers import OFF_EPOCH, mapped, read_u64
+from engine_helpers import OFF_EPOCH, mapped, read_u64, wait_until
 from queue_helpers import fresh_queue, run_in, unique_name
 
 import pymqueue
 from pymqueue import AddMode, Overflow, Record
-
-
-@pytest.fixture(params=["fork", "spawn"])
-def ctx(request: pytest.FixtureRequest) -> Iterator[mp.context.BaseContext]:
-    context = mp.get_context(request.param)
-    yield context
-    for child in mp.active_children():
-        child.kill()
-        child.join(10)
-
-
-def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.005)
 
 
 def test_epoch_is_shared_by_every_handle_and_new_for_a_new_segment() -> None:
@@ -179,7 +162,7 @@ def test_discard_through_wakes_a_putter_asleep_waiting_for_room(
         q.add(b"k", b"2")
         r, w = ctx.Pipe(duplex=False)
         p = run_in(ctx, _blocked_add, q, w)
-        _until(lambda: q.stats().putters_waiting == 1)
+        wait_until(lambda: q.stats().putters_waiting == 1, "the putter waits")
         assert not r.poll(0)
         assert q.discard_through(q.peek_records(1)[0].id) == 1
         assert r.poll(30), "the blocked putter was not woken by discard_through"
