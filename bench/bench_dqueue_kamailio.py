@@ -205,3 +205,47 @@ def test_send_rate(setup: tuple[Kamailio, BusThread]) -> None:
             med = statistics.median(times)
             print(f"| {vlen} B | {n} | {len(body)} | {med * 1000:.2f} ({n / med:,.0f}) |",
                   flush=True)  # fmt: skip
+
+
+FORWARD_ITEMS = 20_000
+FORWARD_ROUNDS = 3
+BATCHES = (None, 1000, 300, 100, 30)
+
+
+@pytest.mark.parametrize("batch_items", BATCHES, ids=[f"batch_items={b}" for b in BATCHES])
+def test_forward_rate(
+    kamailio: KamailioFactory,  # noqa: F811
+    tmp_path: Path,
+    batch_items: int | None,
+) -> None:
+    """The real forwarder: a ``pymqueue serve`` node P whose queue ``jobs`` has ``dmq =
+    "owner"``, ``owner`` a Kamailio node K running the receive snippet (DQ_MAX_ITEMS 2000,
+    max_while_loops 2000), ``batch_items`` as given. 20 000 items (key ``k``, 1-byte value)
+    added to P's outbox in one call; the time until K's ``mqueue.get_size`` shows all of them
+    (polled every 20 ms). K's queue is emptied between rounds (not timed)."""
+    from dqueue_helpers import nodes, wait_for  # noqa: PLC0415
+    from kamailio_dqueue import dqueue_config, kam_fetch_all, kuri, size  # noqa: PLC0415
+
+    kam = kamailio.start(dqueue_config(max_while_loops=2000, max_items=2000))
+    items = [(b"k", b"x")] * FORWARD_ITEMS
+    rates: list[float] = []
+    load0 = os.getloadavg()[0]
+    with nodes(tmp_path, os.environ["PYMQUEUE_NAMESPACE"]) as group:
+        p = group.add("p", notify=kuri(kam), owner=kuri(kam), fr=5, batch_items=batch_items)
+        p.start()
+        wait_for(p.stats, lambda s: s["owner"] == kuri(kam), 30, "K is P's owner")
+        for _ in range(FORWARD_ROUNDS):
+            t0 = time.perf_counter()
+            p.queue.add_many(items)
+            wait_for(lambda: size(kam, "jobs"), lambda k: k >= FORWARD_ITEMS, 120, "all on K")
+            rates.append(FORWARD_ITEMS / (time.perf_counter() - t0))
+            while kam_fetch_all(kam, "jobs", limit=1000):
+                pass
+        s = p.stats()
+    per_msg = s["forwarded"] / max(1, s["batches"])
+    print(
+        f"\n| {batch_items} | {per_msg:,.0f} | {statistics.median(rates):,.0f} "
+        f"({min(rates):,.0f}-{max(rates):,.0f}) | {s['resent']} | "
+        f"{load0:.2f}-{os.getloadavg()[0]:.2f} |",
+        flush=True,
+    )

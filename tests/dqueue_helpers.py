@@ -49,7 +49,8 @@ def wait_for(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float, wh
 class Node:
     def __init__(self, tmp: Path, name: str, namespace: str, *, port: int | None = None,
                  notify: str | None = None, owner: str | None = None, ping: float = 5,
-                 fr: float = 1, size: int = 0) -> None:  # fmt: skip
+                 fr: float = 1, size: int = 0,
+                 batch_items: int | None = None) -> None:  # fmt: skip
         self.name = name
         self.namespace = namespace
         self.fixed_port = port is not None  # others may name this node: never re-picked
@@ -58,13 +59,13 @@ class Node:
         self.uri = uri(self.port)
         self.rpc_port = free_port()
         self.conf = tmp / f"{name}.toml"
-        self._settings = (notify, owner, ping, fr, size)
+        self._settings = (notify, owner, ping, fr, size, batch_items)
         self._write()
         self.proc: subprocess.Popen[bytes] | None = None
         self._q: Queue | None = None
 
     def _write(self) -> None:
-        notify, owner, ping, fr, size = self._settings
+        notify, owner, ping, fr, size, batch_items = self._settings
         namespace = self.namespace
         lines = [
             f'namespace = "{namespace}"',
@@ -77,6 +78,8 @@ class Node:
         ]
         if owner:
             lines.append(f'owner = "{owner}"')
+        if batch_items is not None:
+            lines.append(f"batch_items = {batch_items}")
         lines += ["[dmq]", f'server_address = "{self.uri}"', f"ping_interval = {ping}",
                   f"fr_timer = {fr}"]  # fmt: skip
         if notify:

@@ -22,7 +22,8 @@ down. A Kamailio node never announces: it owns a queue only as its configured ``
 
 Receiving: items for any queue of the instance are added to its shared-memory queue (whether
 or not we own it: a non-owner's forwarder moves them on), duplicates dropped as described in
-:class:`~pymqueue.dmq.mqueue_codec.Dedup`; 200 ``{"applied","duplicates"}``, 503
+:class:`~pymqueue.dmq.mqueue_codec.Dedup`; 200 ``{"applied","duplicates"}`` (no body when the
+message has no ``origin``: a Kamailio script's, see :meth:`MqueueService._apply`), 503
 ``{"applied"}`` when the queue is full (reject/block policy), 404 unknown queue, 400 malformed.
 
 Everything runs in the bus's thread; :meth:`MqueueService.stats` may be called from any thread.
@@ -661,6 +662,11 @@ class MqueueService:
             return PeerReply(503, "Queue Full", encode_reply(applied), CONTENT_TYPE)
         if code is not None:
             return PeerReply(500, "Server Internal Error", encode_reply(applied), CONTENT_TYPE)
+        if msg.origin is None:
+            # From a Kamailio script (dmq_send_message): 5.6.3 reads the body of a 200 to it
+            # as a DMQ node list, and one that is not leaves its node-list lock taken (the
+            # process hangs at its next DMQ message). No body, then.
+            return PeerReply(200, "OK")
         return PeerReply(200, "OK", encode_reply(applied, dups), CONTENT_TYPE)
 
 

@@ -304,7 +304,8 @@ def test_dedup_kamailio_ids_window() -> None:
 
 def test_node_answers_hostile_bodies(namespace: str) -> None:
     """A pymqueue node's ``mqueue`` channel: 400 for malformed bodies, 404 for an unknown
-    queue, 200 with applied/duplicates for items (a resend applied once)."""
+    queue, 200 with applied/duplicates for items (a resend applied once), no body for items
+    without origin."""
     a, b = uri(udp_port()), uri(udp_port())
     q = Queue("dq-codec", create=True, namespace=namespace)
     try:
@@ -323,10 +324,15 @@ def test_node_answers_hostile_bodies(namespace: str) -> None:
             reply = bb.send("mqueue", a, body, "application/json", timeout=10)
             assert (reply.code, doc(reply.body)) == (200, {"applied": 0, "duplicates": 2})
             assert q.fetch_many(10) == [(b"k", b"v"), (b"k", b"w")]
+            # without origin (a Kamailio script's items): a 200 without body, which Kamailio
+            # 5.6.3 would read as a node list (test_dqueue_kamailio_e2e.py)
+            reply = bb.send("mqueue", a, encode_items(b"dq-codec", [("x", b"k", b"s")]))
+            assert (reply.code, reply.body) == (200, b"")
+            assert q.fetch_many(10) == [(b"k", b"s")]
             carries = bb.send("mqueue", a, encode_carries([b"x"]), "application/json")
             assert decode_reply(carries.body) == Carries(frozenset({b"dq-codec"}))
             s = service.stats()["dq-codec"]
-            assert (s.received, s.applied, s.duplicates) == (4, 2, 2)
+            assert (s.received, s.applied, s.duplicates) == (5, 3, 2)
             assert service.refused == 4
             service.close()
     finally:

@@ -4,8 +4,10 @@
 ``docs/kamailio/dqueue-receive.cfg`` (a Kamailio node receives forwarded items and
 ``mq_add``s them) are included, as they are, by the config below (``include_file``), so the
 documented snippets are the tested ones. The wire format is the contract of the channel
-``mqueue`` (docs/dmq.md, "Kamailio on the same queues"); until pymqueue's own codec exists, the
-pymqueue side of these tests builds and reads the JSON with :mod:`json`.
+``mqueue`` (docs/dmq.md, "Kamailio on the same queues"): what pymqueue sends to K is made by
+pymqueue's codec (:mod:`pymqueue.dmq.mqueue_codec`), except one hand-written contract vector
+(``test_receive_snippet_adds_items``) and the malformed bodies; what K sends is read as JSON.
+The end-to-end tests with the real forwarder are in ``test_dqueue_kamailio_e2e.py``.
 
 K is one real Kamailio node; F a pymqueue :class:`BusThread` in this process that joins the
 bus through K. A test drives K's script with SIP MESSAGEs (``sip:send@`` runs the send
@@ -18,179 +20,28 @@ from __future__ import annotations
 import base64
 import json
 import queue
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from dmq_helpers import udp_port, uri
-from fix_kamailio import Kamailio, KamailioFactory, SipReply, base_config
+from fix_kamailio import Kamailio, KamailioFactory
+from kamailio_dqueue import BUS, Item, b64, dqueue_config, kam_fetch_all, kam_send, kuri, size
 
 from pymqueue.dmq import BusThread, IncomingRequest, NodeStatus, PeerReply
+from pymqueue.dmq.mqueue_codec import (
+    CONTENT_TYPE,
+    BatchBuilder,
+    Carries,
+    ItemsMessage,
+    ItemsReply,
+    decode,
+    decode_reply,
+    encode_carries,
+    encode_items,
+)
 
 pytestmark = pytest.mark.kamailio
-
-SNIPPETS = Path(__file__).resolve().parents[2] / "docs" / "kamailio"
-SEND_CFG = SNIPPETS / "dqueue-send.cfg"
-RECEIVE_CFG = SNIPPETS / "dqueue-receive.cfg"
-
-# what a deployment adds around the snippets (docs/dmq.md shows the same lines), plus a test
-# driver: "send" and "fetch" requests
-SCRIPT = """
-max_while_loops=1000
-pv_buffer_size=65536
-#!define DQ_MAX_ITEMS 500
-modparam("tm", "fr_timer", 2000)
-modparam("dmq", "server_address", "sip:127.0.0.1:@SIP_PORT@")
-modparam("dmq", "num_workers", 1)
-modparam("dmq", "ping_interval", 5)
-modparam("htable", "htable", "dqseen=>size=14;autoexpire=600")
-modparam("mqueue", "mqueue", "name=jobs")
-modparam("mqueue", "mqueue", "name=other")
-include_file "@RECEIVE@"
-include_file "@SEND@"
-
-request_route {
-	if (is_method("KDMQ") && $rU == "mqueue") {
-		route(DQ_RECEIVE);
-		exit;
-	}
-	if (is_method("KDMQ")) {
-		dmq_handle_message();
-		exit;
-	}
-	if (is_method("MESSAGE") && $rU == "send") {
-		route(T_SEND);
-		exit;
-	}
-	if (is_method("MESSAGE") && $rU == "fetch") {
-		route(T_FETCH);
-		exit;
-	}
-	sl_send_reply("404", "Not here");
-	exit;
-}
-
-# test driver: X-Node, X-Q (hex), X-K / X-V / X-Id repeated per item (hex, "-" = empty;
-# X-Id "none" = no id) -> one message through the send snippet
-route[T_SEND] {
-	$var(dq_max) = 0;
-	if ($hdr(X-Max) != $null) {
-		$var(dq_max) = $(hdr(X-Max){s.int});
-	}
-	$var(dq_queue) = $(hdr(X-Q){s.decode.hexa});
-	route(DQ_NEW);
-	$var(t_i) = 0;
-	$var(t_n) = $hdrc(X-K);
-	while ($var(t_i) < $var(t_n)) {
-		$var(dq_key) = "";
-		$var(dq_value) = "";
-		$var(dq_id) = "";
-		if ($(hdr(X-K)[$var(t_i)]) != "-") {
-			$var(dq_key) = $(hdr(X-K)[$var(t_i)]{s.decode.hexa});
-		}
-		if ($(hdr(X-V)[$var(t_i)]) != "-") {
-			$var(dq_value) = $(hdr(X-V)[$var(t_i)]{s.decode.hexa});
-		}
-		if ($(hdr(X-Id)[$var(t_i)]) != "none") {
-			$var(dq_id) = $(hdr(X-Id)[$var(t_i)]{s.decode.hexa});
-		}
-		route(DQ_ADD);
-		if ($rc < 0) {
-			sl_send_reply("500", "DQ_ADD failed $rc");
-			exit;
-		}
-		$var(t_i) = $var(t_i) + 1;
-	}
-	$var(dq_node) = $hdr(X-Node);
-	route(DQ_SEND);
-	if ($rc < 0) {
-		sl_send_reply("500", "DQ_SEND failed");
-		exit;
-	}
-	append_to_reply("X-Count: $var(dq_count)\\r\\n");
-	sl_send_reply("200", "Sent");
-	exit;
-}
-
-# test driver: mq_fetch X-Q (hex) until empty; one "X-Item: <hex key>:<hex value>" each
-route[T_FETCH] {
-	$var(t_q) = $(hdr(X-Q){s.decode.hexa});
-	while (mq_fetch("$var(t_q)")) {
-		$var(t_k) = "";
-		$var(t_v) = "";
-		if ($mqk($var(t_q)) != $null) {
-			$var(t_k) = $(mqk($var(t_q)){s.encode.hexa});
-		}
-		if ($mqv($var(t_q)) != $null) {
-			$var(t_v) = $(mqv($var(t_q)){s.encode.hexa});
-		}
-		append_to_reply("X-Item: $var(t_k):$var(t_v)\\r\\n");
-	}
-	sl_send_reply("200", "Fetched");
-	exit;
-}
-"""
-
-MODULES = ["tm", "dmq", "textops", "htable", "jansson", "mqueue"]
-BUS = {"ping_interval": 5.0, "fr_timer": 2.0}
-
-
-def dqueue_config(max_while_loops: int | None = 1000) -> str:
-    """The config above; ``max_while_loops=None``: Kamailio's default (100)."""
-    text = SCRIPT.replace("@RECEIVE@", str(RECEIVE_CFG)).replace("@SEND@", str(SEND_CFG))
-    if max_while_loops is None:
-        text = text.replace("max_while_loops=1000\n", "")
-    else:
-        text = text.replace("max_while_loops=1000\n", f"max_while_loops={max_while_loops}\n")
-    return base_config(text, modules=MODULES)
-
-
-def kuri(kam: Kamailio) -> str:
-    return f"sip:127.0.0.1:{kam.sip_port}"
-
-
-def _hex(b: str | bytes) -> str:
-    if isinstance(b, str):
-        b = b.encode()
-    return b.hex() if b else "-"
-
-
-Item = tuple[str | bytes, str | bytes, str | None]
-
-
-def kam_send(
-    kam: Kamailio, node: str, q: str | bytes, items: Sequence[Item], max_size: int | None = None
-) -> SipReply:
-    """Run the send snippet on K: one message with ``items`` (key, value, id or None);
-    ``max_size``: ``$var(dq_max)``."""
-    hdrs = [("X-Node", node), ("X-Q", _hex(q))]
-    if max_size is not None:
-        hdrs.append(("X-Max", str(max_size)))
-    for k, v, i in items:
-        hdrs += [("X-K", _hex(k)), ("X-V", _hex(v)), ("X-Id", "none" if i is None else _hex(i))]
-    return kam.sip_request("MESSAGE", hdrs, ruri=f"sip:send@127.0.0.1:{kam.sip_port}")
-
-
-def kam_fetch_all(kam: Kamailio, q: str | bytes) -> list[tuple[bytes, bytes]]:
-    """Drain K's queue ``q`` with ``mq_fetch`` in its SIP worker: [(key, value)] in order."""
-    reply = kam.sip_request(
-        "MESSAGE", [("X-Q", _hex(q))], ruri=f"sip:fetch@127.0.0.1:{kam.sip_port}"
-    )
-    assert reply.status == 200, reply
-    out = []
-    for h in reply.header_all("X-Item"):
-        k, _, v = h.partition(":")
-        out.append((bytes.fromhex(k), bytes.fromhex(v)))
-    return out
-
-
-def b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-def size(kam: Kamailio, q: str) -> int:
-    return int(kam.jsonrpc("mqueue.get_size", q)["size"])
 
 
 @pytest.fixture
@@ -217,7 +68,9 @@ def test_send_snippet_reaches_pymqueue(node: tuple[Kamailio, BusThread]) -> None
 
     def handler(req: IncomingRequest) -> PeerReply:
         got.put(req)
-        return PeerReply(200, "OK", b'{"applied":1}', "application/json")
+        # no body: 5.6.3 reads the body of a 200 to a script's dmq_send_message as a node
+        # list, and one that is not hangs it at its next DMQ message (docs/kamailio.md)
+        return PeerReply(200, "OK")
 
     f.register("mqueue", handler)
     items: list[Item] = [
@@ -297,6 +150,8 @@ def test_send_snippet_unknown_node(node: tuple[Kamailio, BusThread]) -> None:
 
 
 def test_receive_snippet_adds_items(node: tuple[Kamailio, BusThread]) -> None:
+    """The contract vector: JSON written by hand from docs/dmq.md (not by pymqueue's codec),
+    which the snippet must read; the codec reads it too."""
     kam, f = node
     items = [
         {"id": "1", "key": "plain", "value": "value"},
@@ -317,51 +172,80 @@ def test_receive_snippet_adds_items(node: tuple[Kamailio, BusThread]) -> None:
         (b"no-id", b"x"),
     ]
     assert size(kam, "other") == 0
+    # the same vector without the id-less item is a valid pymqueue message, read the same way
+    msg = decode(json.dumps({**doc, "items": items[:3]}).encode())
+    assert isinstance(msg, ItemsMessage)
+    assert [(it.id, it.key, it.value) for it in msg.items] == [
+        (it["id"], it["key"].encode(), it["value"].encode()) for it in items[:3]
+    ]  # fmt: skip
+
+
+def send_items(f: BusThread, kam: Kamailio, body: bytes) -> tuple[PeerReply, ItemsReply | None]:
+    """``body`` (made by pymqueue's codec) to K; the reply and its decoded body."""
+    r = f.send("mqueue", kuri(kam), body, CONTENT_TYPE, timeout=10)
+    got = decode_reply(r.body)
+    assert got is None or isinstance(got, ItemsReply)
+    return r, got
+
+
+# what the codec must carry to Kamailio intact: every kind of text, and bytes in base64
+AWKWARD: list[tuple[bytes, bytes]] = [
+    (b"\xff\x00k", b"v\x00\xfe"),  # NUL and non-UTF-8 in both
+    (b"text", b"\x80"),
+    (b"", b""),
+    (b"", b"\x00"),
+    (b"nul", b"a\x00b"),  # valid UTF-8 with a NUL: base64 (5.6.3's jansson refuses \u0000)
+    (b'q"uo"te \\', "\u00e9 \U0001f600 \u4e2d\u6587".encode()),
+    (b"ctl\t", b"line1\nline2\r\n\x01\x1f\x7f"),
+    (b"</>", b'{"not": ["json"]}'),
+]
 
 
 def test_receive_snippet_base64_and_binary(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
-    items = [
-        {"id": "1", "key_b64": b64(b"\xff\x00k"), "value_b64": b64(b"v\x00\xfe")},
-        {"id": "2", "key": "text", "value_b64": b64(b"\x80")},
-        {"id": "3", "key": "", "value": ""},
-        {"id": "4", "key_b64": "", "value_b64": b64(b"\x00")},
-        {"id": "5", "key": "num", "value": 42, "extra": [1, 2]},
+    body = encode_items(b"other", [(i, k, v) for i, (k, v) in enumerate(AWKWARD, 1)],
+                        str(f.local), 0x5EED)  # fmt: skip
+    doc = json.loads(body)
+    assert [sorted(it) for it in doc["items"][:5]] == [
+        ["id", "key_b64", "value_b64"],
+        ["id", "key", "value_b64"],
+        ["id", "key", "value"],
+        ["id", "key", "value_b64"],
+        ["id", "key", "value_b64"],
     ]
-    r = send_json(f, kam, {"queue_b64": b64(b"other"), "items": items})
-    assert r.code == 200, r
-    assert json.loads(r.body) == {"applied": 5, "duplicates": 0}
-    assert kam_fetch_all(kam, "other") == [
-        (b"\xff\x00k", b"v\x00\xfe"),
-        (b"text", b"\x80"),
-        (b"", b""),
-        (b"", b"\x00"),
-        (b"num", b"42"),
-    ]
+    r, got = send_items(f, kam, body)
+    assert (r.code, got) == (200, ItemsReply(len(AWKWARD), 0)), r
+    assert kam_fetch_all(kam, "other") == AWKWARD
+    # a queue name sent as queue_b64 (not by the codec: any UTF-8 name goes as text), and a
+    # JSON number as value (a Kamailio script may send one): added as its text
+    r = send_json(f, kam, {"queue_b64": b64(b"other"), "items": [
+        {"id": "5", "key": "num", "value": 42, "extra": [1, 2]}]})  # fmt: skip
+    assert (r.code, decode_reply(r.body)) == (200, ItemsReply(1, 0))
+    assert kam_fetch_all(kam, "other") == [(b"num", b"42")]
 
 
 def test_receive_snippet_duplicates(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
-    base = {"queue": "jobs", "origin": "sip:127.0.0.1:5999", "epoch": "aa"}
-    first = [{"id": str(i), "key": f"k{i}", "value": f"v{i}"} for i in range(1, 4)]
-    r = send_json(f, kam, {**base, "items": first})
-    assert json.loads(r.body) == {"applied": 3, "duplicates": 0}
+    origin, epoch = "sip:127.0.0.1:5999", 0xAA
+    first = [(i, f"k{i}".encode(), f"v{i}".encode()) for i in range(1, 4)]
+    r, got = send_items(f, kam, encode_items(b"jobs", first, origin, epoch))
+    assert (r.code, got) == (200, ItemsReply(3, 0))
     # a re-send after a timeout: the same ids plus new ones -> only the new ones added
-    again = [*first, {"id": "4", "key": "k4", "value": "v4"}, {"key": "noid", "value": "n"}]
-    r = send_json(f, kam, {**base, "items": again})
-    assert json.loads(r.body) == {"applied": 2, "duplicates": 3}
+    again = [*first, (4, b"k4", b"v4"), (None, b"noid", b"n")]
+    r, got = send_items(f, kam, encode_items(b"jobs", again, origin, epoch))
+    assert (r.code, got) == (200, ItemsReply(2, 3))
     # another epoch (the queue was recreated) or another origin: new items
-    r = send_json(f, kam, {**base, "epoch": "bb", "items": first[:1]})
-    assert json.loads(r.body) == {"applied": 1, "duplicates": 0}
-    r = send_json(f, kam, {**base, "origin": "sip:127.0.0.1:5998", "items": first[:1]})
-    assert json.loads(r.body) == {"applied": 1, "duplicates": 0}
+    r, got = send_items(f, kam, encode_items(b"jobs", first[:1], origin, 0xBB))
+    assert (r.code, got) == (200, ItemsReply(1, 0))
+    r, got = send_items(f, kam, encode_items(b"jobs", first[:1], "sip:127.0.0.1:5998", epoch))
+    assert (r.code, got) == (200, ItemsReply(1, 0))
     # without origin: the sending node (From) is the origin, ids de-duplicated per node
-    r = send_json(f, kam, {"queue": "jobs", "items": first[:2]})
-    assert json.loads(r.body) == {"applied": 2, "duplicates": 0}
-    r = send_json(f, kam, {"queue": "jobs", "items": first[:2]})
-    assert json.loads(r.body) == {"applied": 0, "duplicates": 2}
-    got = kam_fetch_all(kam, "jobs")
-    assert [k for k, _ in got] == [
+    r, got = send_items(f, kam, encode_items(b"jobs", first[:2]))
+    assert (r.code, got) == (200, ItemsReply(2, 0))
+    r, got = send_items(f, kam, encode_items(b"jobs", first[:2]))
+    assert (r.code, got) == (200, ItemsReply(0, 2))
+    got_items = kam_fetch_all(kam, "jobs")
+    assert [k for k, _ in got_items] == [
         b"k1", b"k2", b"k3", b"k4", b"noid", b"k1", b"k1", b"k1", b"k2"
     ]  # fmt: skip
 
@@ -409,12 +293,10 @@ def test_receive_snippet_malformed(node: tuple[Kamailio, BusThread], body: bytes
 
 def test_receive_snippet_membership(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
-    r = send_json(f, kam, {"carries": ["jobs", "other"]})
-    assert (r.code, r.content_type, json.loads(r.body)) == (
-        200,
-        "application/json",
-        {"carries": []},
-    )
+    r = f.send("mqueue", kuri(kam), encode_carries([b"jobs", b"other"]), CONTENT_TYPE,
+               timeout=10)  # fmt: skip
+    assert (r.code, r.content_type) == (200, "application/json")
+    assert decode_reply(r.body) == Carries(frozenset())
     r = send_json(f, kam, {"carries": "jobs"})  # not an array
     assert (r.code, r.reason) == (400, "Malformed body: not JSON or no items array")
     assert size(kam, "jobs") == 0
@@ -422,10 +304,10 @@ def test_receive_snippet_membership(node: tuple[Kamailio, BusThread]) -> None:
 
 def test_receive_snippet_unknown_queue_and_empty(node: tuple[Kamailio, BusThread]) -> None:
     kam, f = node
-    r = send_json(f, kam, {"queue": "nope", "items": [{"key": "k", "value": "v"}]})
+    r, _ = send_items(f, kam, encode_items(b"nope", [(None, b"k", b"v")]))
     assert (r.code, r.reason) == (404, "No such queue")
-    r = send_json(f, kam, {"queue": "jobs", "items": []})
-    assert (r.code, json.loads(r.body)) == (200, {"applied": 0, "duplicates": 0})
+    r, got = send_items(f, kam, encode_items(b"jobs", []))
+    assert (r.code, got) == (200, ItemsReply(0, 0))
     assert size(kam, "jobs") == 0
 
 
@@ -441,35 +323,34 @@ def test_big_messages_both_ways(node: tuple[Kamailio, BusThread]) -> None:
     assert len(req.body) > 20000
     assert json.loads(req.body)["items"] == [{"id": i, "key": k, "value": v} for k, v, i in big]
 
-    # 500 items (DQ_MAX_ITEMS here) in one ~50 kB message: all added, in order
-    items = [{"id": str(i), "key": f"k{i}", "value": f"v{i:05d}" + "x" * 40} for i in range(500)]
-    doc = {"queue": "other", "items": items, "origin": str(f.local), "epoch": "01"}
-    body = json.dumps(doc)
+    # 500 items (DQ_MAX_ITEMS here) in one ~50 kB message, packed by the forwarder's
+    # BatchBuilder: all added, in order
+    records = [(i, f"k{i}".encode(), f"v{i:05d}".encode() + b"x" * 40) for i in range(1, 502)]
+    body, n = BatchBuilder(b"other", str(f.local), 1).build(records[:500])
+    assert n == 500
     assert 40000 < len(body) <= 60000
-    r = send_json(f, kam, body)
-    assert (r.code, json.loads(r.body)) == (200, {"applied": 500, "duplicates": 0})
-    assert kam_fetch_all(kam, "other") == [
-        (it["key"].encode(), it["value"].encode()) for it in items
-    ]  # fmt: skip
+    r, got = send_items(f, kam, body)
+    assert (r.code, got) == (200, ItemsReply(500, 0))
+    assert kam_fetch_all(kam, "other") == [(k, v) for _, k, v in records[:500]]
 
     # one more than DQ_MAX_ITEMS: refused, nothing added
-    items.append({"key": "one", "value": "more"})
-    r = send_json(f, kam, {"queue": "other", "items": items})
+    r, _ = send_items(f, kam, encode_items(b"other", records, str(f.local), 2))
     assert (r.code, r.reason) == (400, "Malformed body: too many items")
     assert size(kam, "other") == 0
 
 
 def test_receive_snippet_loop_limit(kamailio: KamailioFactory) -> None:
     """5.6.3 cuts a while loop at max_while_loops (default 100) and runs on after it; the
-    snippet notices and answers 500 with nothing added instead of a 200 for part of it."""
+    snippet notices and answers 400 with nothing added instead of a 200 for part of it (a
+    forwarder halves its batch on a 400: test_dqueue_kamailio_e2e.py)."""
     kam = kamailio.start(dqueue_config(max_while_loops=None))
     with BusThread(uri(udp_port()), kuri(kam), **BUS) as f:
         assert f.wait_status(kuri(kam), NodeStatus.ACTIVE, timeout=10) is NodeStatus.ACTIVE
-        items = [{"id": str(i), "key": f"k{i}", "value": "v"} for i in range(101)]
-        r = send_json(f, kam, {"queue": "jobs", "items": items})
-        assert (r.code, r.reason) == (500, "max_while_loops below the number of items")
+        items = [(i, f"k{i}".encode(), b"v") for i in range(1, 102)]
+        r, _ = send_items(f, kam, encode_items(b"jobs", items, str(f.local), 7))
+        assert (r.code, r.reason) == (400, "Malformed body: more items than max_while_loops")
         assert size(kam, "jobs") == 0
-        r = send_json(f, kam, {"queue": "jobs", "items": items[:100]})
-        assert (r.code, json.loads(r.body)) == (200, {"applied": 100, "duplicates": 0})
+        r, got = send_items(f, kam, encode_items(b"jobs", items[:100], str(f.local), 7))
+        assert (r.code, got) == (200, ItemsReply(100, 0))
         assert size(kam, "jobs") == 100
     assert "runaway while" in kam.log()
