@@ -79,6 +79,7 @@ __all__ = [
     "MIRROR_TRIES",
     "POLL",
     "RECHECK",
+    "REFUSED_STREAK",
     "DqueueSpec",
     "DqueueStats",
     "MqueueService",
@@ -99,6 +100,9 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
 """Waits before sending again after an error reply (not after a timeout: that waited)."""
 ANNOUNCE_TRIES = 3
+REFUSED_STREAK = 3
+"""Items an owner may refuse alone (400) in a row, each dropped, before the forwarder decides
+that it refuses everything and keeps the outbox (retrying every :data:`BACKOFF_MAX` s)."""
 MIRROR_TRIES = 3
 """Sends of one mirror batch to one node (each retransmitted by the bus) before that node
 is given up for the batch (counted in ``missed``)."""
@@ -176,6 +180,7 @@ class _Dq:
         self.batch_items = min(batch_items or BATCH_ITEMS, BATCH_ITEMS)
         self.limit = self.batch_items  # lowered while a 400 is narrowed down to one item
         self.refused = 0
+        self.refused_streak = 0  # items refused alone since the last 200
         self.missed = 0
         self.builder = BatchBuilder(self.name, origin, queue.epoch)
         self.owner: NodeId | None = None
@@ -338,6 +343,8 @@ class MqueueService:
                 if dq.owner is not None:
                     log.info("mqueue %s: owner %s -> %s", display(dq.name), dq.owner, owner)
                 dq.owner = owner
+                dq.limit = dq.batch_items  # a narrowed batch size was the old owner's
+                dq.refused_streak = 0
                 dq.wake()
 
     def _on_event(self, event: DmqEvent) -> None:
@@ -506,6 +513,7 @@ class MqueueService:
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 if reply.code == 200:
+                    dq.refused_streak = 0
                     dq.acknowledged += dq.queue.discard_through(last_id)
                     dq.retry = False
                     backoff = BACKOFF_MIN
@@ -518,8 +526,20 @@ class MqueueService:
                     dq.last_error = f"{owner} answered 400 {reply.reason}"
                     if n > 1:
                         dq.limit = max(1, n // 2)
+                    elif dq.refused_streak >= REFUSED_STREAK:
+                        # Item after item refused alone and nothing accepted between: the
+                        # owner refuses everything. Keep the outbox and try again later.
+                        log.error(
+                            "mqueue %s: %s refuses every item (%s): outbox kept, retrying",
+                            display(dq.name),
+                            owner,
+                            reply.reason,
+                        )
+                        dq.retry = True
+                        await self._wait(dq, BACKOFF_MAX, items=False)
                     else:
                         dq.refused += dq.queue.discard_through(last_id)
+                        dq.refused_streak += 1
                         dq.limit = dq.batch_items
                         log.error(
                             "mqueue %s: item %d refused by %s (%s): dropped",

@@ -41,6 +41,7 @@ from pymqueue.dmq.mqueue_codec import (
     encode_carries,
     encode_reply,
 )
+from pymqueue.dmq.mqueue_service import REFUSED_STREAK
 
 pytestmark = pytest.mark.kamailio
 
@@ -199,9 +200,10 @@ def test_kamailio_400_narrows_the_batch(
 
 class PickyOwner:
     """An in-process pymqueue bus O acting as owner of ``jobs``: it applies what arrives
-    (de-duplicated as the service does) but answers 400 to any message holding ``poison``."""
+    (de-duplicated as the service does) but answers 400 to any message holding ``poison``
+    (None: to every message)."""
 
-    def __init__(self, poison: bytes) -> None:
+    def __init__(self, poison: bytes | None) -> None:
         self.poison = poison
         self.lock = threading.Lock()
         self.items: list[tuple[bytes, bytes]] = []
@@ -215,7 +217,7 @@ class PickyOwner:
         if isinstance(msg, Carries):
             return PeerReply(200, "OK", encode_carries([]), CONTENT_TYPE)
         with self.lock:
-            if any(it.key == self.poison for it in msg.items):
+            if self.poison is None or any(it.key == self.poison for it in msg.items):
                 self.log.append(-len(msg.items))
                 return PeerReply(400, "Bad Request - poison")
             fresh = self.dedup.fresh(msg, str(req.node))
@@ -263,3 +265,25 @@ def test_poison_item_dropped_alone(picky: PickyOwner, tmp_path: Path, namespace:
         if picky.poison != items[-1][0]:
             assert log[alone + 1] > 1
         assert -1 not in log[alone + 1 :]
+
+
+@pytest.mark.parametrize("picky", [None], indirect=True, ids=["refuses-everything"])
+def test_an_owner_refusing_everything_does_not_empty_the_outbox(
+    picky: PickyOwner, tmp_path: Path, namespace: str
+) -> None:
+    o = str(picky.bus.local)
+    with nodes(tmp_path, namespace) as ns:
+        p = ns.add("p", notify=o, owner=o).start()
+        wait_for(p.stats, lambda s: s["owner"] == o, DEADLINE, "O is P's owner")
+        p.queue.add_many([(b"k%02d" % i, b"v") for i in range(50)])
+
+        def singles() -> int:
+            with picky.lock:
+                return picky.log.count(-1)
+
+        # the streak of items dropped alone, then the same item again and again
+        wait_for(singles, lambda c: c >= REFUSED_STREAK + 2, DEADLINE, "retries after the streak")
+        s = p.stats()
+        assert s["refused"] == REFUSED_STREAK
+        assert s["outbox"] == 50 - REFUSED_STREAK
+        assert picky.count() == 0
