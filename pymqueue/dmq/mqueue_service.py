@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import operator
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,7 +101,12 @@ BACKOFF_MAX = 2.0
 ANNOUNCE_TRIES = 3
 MIRROR_TRIES = 3
 """Sends of one mirror batch to one node (each retransmitted by the bus) before that node
-is given up for the batch (counted in ``missed``)."""
+is given up for the batch (counted in ``missed``); one send only while that node has not
+answered since it was last given up (a dead node costs each batch one ``fr_timer`` until the
+bus sees it down, not three)."""
+SETTLE_MAX = 10.0
+"""Most seconds a mirror forwarder waits at start, before its first batch, for the bus to
+join and the carries announcements to be answered (see :meth:`MqueueService._settled`)."""
 
 BusLike = Bus | BusThread
 _KEY_VALUE = operator.itemgetter(0, 1)  # WireItem -> (key, value)
@@ -123,6 +129,7 @@ class DqueueStats:
     every node carrying the queue has them, ``forwarded``/``acknowledged`` count item
     deliveries (one per node), ``missed`` the deliveries given up (the node went down or
     kept failing) — those items reached the other nodes and this one, not that node.
+    ``carriers``: the active nodes this node knows to carry the queue (a mirror's targets).
     """
 
     queue: str
@@ -142,6 +149,7 @@ class DqueueStats:
     mode: str = "owner"
     refused: int = 0
     missed: int = 0
+    carriers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +184,7 @@ class _Dq:
         self.limit = self.batch_items  # lowered while a 400 is narrowed down to one item
         self.refused = 0
         self.missed = 0
+        self.suspect: set[NodeId] = set()  # mirror: given up for a batch, not answered since
         self.builder = BatchBuilder(self.name, origin, queue.epoch)
         self.owner: NodeId | None = None
         self.fd: int | None = None
@@ -241,6 +250,9 @@ class MqueueService:
         self.carriers: dict[NodeId, frozenset[bytes]] = {}
         self._active: frozenset[NodeId] = frozenset()
         self._started = False
+        self._started_at = 0.0
+        self._joined = False
+        self._announcing: dict[NodeId, int] = {}  # announcements in flight, per node
         self._tasks: set[asyncio.Task[None]] = set()
         self.refused = 0
         """Bodies answered 400 (malformed) or 404 (unknown queue)."""
@@ -285,6 +297,7 @@ class MqueueService:
                 mode=dq.mode,
                 refused=dq.refused,
                 missed=dq.missed,
+                carriers=len(self.carriers_of(dq)),
             )
         return out
 
@@ -330,6 +343,7 @@ class MqueueService:
         self._active = frozenset(self._active_now())
         for dq in self._dqs.values():
             if dq.mode == "mirror":
+                dq.suspect &= self._active
                 dq.wake()  # a node came or went: its batch may be waiting for it
                 continue
             owner = self.owner_of(dq)
@@ -344,10 +358,11 @@ class MqueueService:
         if isinstance(event, NodeDown):
             self.carriers.pop(event.node, None)
         elif isinstance(event, NodeUp):
-            self._spawn(self._announce(event.node))
+            self._announce(event.node)
         elif isinstance(event, Joined):
+            self._joined = True
             for node in self._active_now():
-                self._spawn(self._announce(node))
+                self._announce(node)
         elif isinstance(event, NodeStatusChanged) and event.new is None:
             self.carriers.pop(event.node, None)
         self._refresh()
@@ -359,7 +374,25 @@ class MqueueService:
             if not n.local and n.status is NodeStatus.ACTIVE and n.node.transport in (None, "udp")
         ]
 
-    async def _announce(self, node: NodeId) -> None:
+    def _announce(self, node: NodeId) -> None:
+        """Send our carries to ``node``; counted in flight from now on (a mirror's first
+        batch waits for them: :meth:`_settle_time`)."""
+        if self._spawn(self._announcing_to(node)) is not None:
+            self._announcing[node] = self._announcing.get(node, 0) + 1
+
+    async def _announcing_to(self, node: NodeId) -> None:
+        try:
+            await self._announce_to(node)
+        finally:
+            left = self._announcing.pop(node, 1) - 1
+            if left:
+                self._announcing[node] = left
+            elif not self._announcing:
+                for dq in self._dqs.values():
+                    if dq.mode == "mirror":
+                        dq.wake()  # may be settled now
+
+    async def _announce_to(self, node: NodeId) -> None:
         for _ in range(ANNOUNCE_TRIES):
             if not self.bus.running:
                 return
@@ -392,6 +425,7 @@ class MqueueService:
         if self._started or self.bus.loop is None or not self.bus.running:
             return
         self._started = True
+        self._started_at = time.monotonic()
         for dq in self._dqs.values():
             run = self._mirror if dq.mode == "mirror" else self._forward
             dq.task = self._spawn(run(dq))
@@ -546,11 +580,26 @@ class MqueueService:
             dq.last_error = f"forwarder crashed: {exc!r}"
             log.exception("mqueue %s: forwarder crashed", display(dq.name))
 
+    def _settle_time(self) -> float:
+        """Seconds left before a mirror sends its first batch anyway (0: settled)."""
+        if self._joined and not self._announcing:
+            return 0.0
+        cfg = self.bus.config
+        most = min(SETTLE_MAX, cfg.ping_interval + 2 * cfg.fr_timer)
+        return max(0.0, self._started_at + most - time.monotonic())
+
     async def _mirror(self, dq: _Dq) -> None:
         """A mirror queue's forwarder: the held local adds, batch by batch, to every active
         node carrying the queue at once; released here once each has answered (or was given
-        up: down, or still failing after :data:`MIRROR_TRIES` sends)."""
+        up: down, or still failing after :data:`MIRROR_TRIES` sends).
+
+        The first batch waits until the bus has joined and the carries announcements have
+        been answered (or given up), at most ``min(SETTLE_MAX, ping_interval + 2 fr_timer)``
+        seconds: otherwise what a restarted node still held would be released to nobody
+        but its own consumers, its peers not known yet."""
         try:
+            while self.bus.running and (left := self._settle_time()) > 0:
+                await self._wait(dq, left, items=False)
             while self.bus.running:
                 body, n, records = self._batch(dq, 0)
                 if not records:
@@ -582,7 +631,7 @@ class MqueueService:
 
     async def _mirror_to(self, dq: _Dq, node: NodeId, body: bytes, n: int) -> None:
         backoff = BACKOFF_MIN
-        for attempt in range(MIRROR_TRIES):
+        for attempt in range(1 if node in dq.suspect else MIRROR_TRIES):
             if not self.bus.running or node not in self._active:
                 break
             if attempt:
@@ -598,6 +647,7 @@ class MqueueService:
                 break
             if reply.code == 200:
                 dq.acknowledged += n
+                dq.suspect.discard(node)
                 return
             dq.last_error = f"{node} answered {reply.code} {reply.reason}"
             if reply.code == 400:
@@ -605,6 +655,7 @@ class MqueueService:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
         dq.missed += n
+        dq.suspect.add(node)
         log.warning(
             "mqueue %s: %d items not mirrored to %s: %s", display(dq.name), n, node, dq.last_error
         )
@@ -696,6 +747,7 @@ def stats_struct(s: DqueueStats) -> dict[str, Any]:
         "mode": s.mode,
         "refused": s.refused,
         "missed": s.missed,
+        "carriers": s.carriers,
     }
 
 
