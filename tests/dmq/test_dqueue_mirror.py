@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dmq_helpers import udp_port
+from dmq_helpers import udp_port, uri
 from dqueue_helpers import (
     IP,
     LossyProxy,
@@ -37,6 +37,7 @@ from dqueue_helpers import (
 from pymqueue import Queue
 from pymqueue.dmq import BusThread
 from pymqueue.dmq.mqueue_service import DqueueSpec, MqueueService
+from pymqueue.instance import Instance
 
 N = 3_000
 
@@ -222,6 +223,51 @@ def test_node_killed_mid_stream(tmp_path: Path, namespace: str) -> None:
 
 def other_of(n: Node, pair: list[Node]) -> Node:
     return pair[1] if n is pair[0] else pair[0]
+
+
+def mirror_config(namespace: str, dmq: str | None = "mirror") -> Any:
+    """One queue ``fan`` (mirrored unless ``dmq`` is None) on a node whose notification
+    peer never answers: it never joins, so its first batch waits (``_settle_time``)."""
+    from pymqueue.config import config_from_dict  # noqa: PLC0415
+
+    table: dict[str, Any] = {"name": "fan"}
+    if dmq is not None:
+        table["dmq"] = dmq
+    return config_from_dict({
+        "namespace": namespace,
+        "queue": [table],
+        "dmq": {"server_address": uri(udp_port()), "notification_address": uri(udp_port()),
+                "ping_interval": 5, "fr_timer": 1},
+    })  # fmt: skip
+
+
+def test_stop_releases_what_is_held(namespace: str) -> None:
+    # a segment the instance attaches (it stays after the stop)
+    with Queue("fan", create=True, namespace=namespace) as q:
+        try:
+            with Instance(mirror_config(namespace)):
+                assert q.stats().hold == 1  # every local add is held from now on
+                q.add_many([(b"k", b"%d" % i) for i in range(3)])
+            st = q.stats()
+            assert (st.hold, st.held, st.items) == (0, 0, 3)
+            assert q.fetch_many(10) == [(b"k", b"0"), (b"k", b"1"), (b"k", b"2")]
+        finally:
+            q.unlink()
+
+
+def test_hold_left_by_a_dead_mirror_is_cleared(namespace: str) -> None:
+    # what a SIGKILLed mirror node leaves: a segment that holds, with held items; an
+    # instance that attaches it without mirroring it releases them (nobody else would)
+    with Queue("fan", create=True, namespace=namespace) as q:
+        try:
+            q.hold()
+            q.add(b"k", b"held")
+            assert q.fetch() is None
+            with Instance(mirror_config(namespace, dmq=None)):
+                assert (q.stats().hold, q.stats().held) == (0, 0)
+                assert q.fetch() == (b"k", b"held")
+        finally:
+            q.unlink()
 
 
 @pytest.fixture
