@@ -100,6 +100,12 @@ def test_every_node_sees_every_item_once_in_order(tmp_path: Path, namespace: str
             assert s["received"] == 2 * N + s["duplicates"]
             assert n.queue.stats().held == 0
             assert n.queue.size() == 0  # nothing came twice meanwhile
+        metrics = three[0].get("/metrics")
+        assert f'pymqueue_dqueue_acknowledged_total{{queue="jobs"}} {float(2 * N)}' in metrics
+        assert 'pymqueue_dqueue_missed_total{queue="jobs"} 0.0' in metrics
+        assert 'pymqueue_dqueue_carriers{queue="jobs"} 2.0' in metrics
+        assert 'pymqueue_dqueue_outbox_items{queue="jobs"} 0.0' in metrics
+        assert "pymqueue_dqueue_owner{" not in metrics  # a mirror has no owner
 
 
 def test_blocking_fetch_woken_by_mirrored_and_own_adds(tmp_path: Path, namespace: str) -> None:
