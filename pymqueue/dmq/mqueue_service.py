@@ -601,6 +601,11 @@ class MqueueService:
             while self.bus.running and (left := self._settle_time()) > 0:
                 await self._wait(dq, left, items=False)
             while self.bus.running:
+                # the doorbell also rings for received (released) adds, and a peek for held
+                # records scans the released ones before them: count first (one lock)
+                if not dq.queue.stats().held:
+                    await self._wait(dq, RECHECK, items=True)
+                    continue
                 body, n, records = self._batch(dq, 0)
                 if not records:
                     await self._wait(dq, RECHECK, items=True)
