@@ -636,8 +636,10 @@ class MqueueService:
 
     async def _mirror_to(self, dq: _Dq, node: NodeId, body: bytes, n: int) -> None:
         backoff = BACKOFF_MIN
-        for attempt in range(1 if node in dq.suspect else MIRROR_TRIES):
+        tries = 1 if node in dq.suspect else MIRROR_TRIES
+        for attempt in range(tries):
             if not self.bus.running or node not in self._active:
+                dq.last_error = f"{node}: not active any more"
                 break
             if attempt:
                 dq.resent += 1
@@ -655,8 +657,8 @@ class MqueueService:
                 dq.suspect.discard(node)
                 return
             dq.last_error = f"{node} answered {reply.code} {reply.reason}"
-            if reply.code == 400:
-                break
+            if reply.code == 400 or attempt == tries - 1:
+                break  # (no wait after the last try: the batch waits for this node)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
         dq.missed += n
