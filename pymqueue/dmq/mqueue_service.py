@@ -25,6 +25,12 @@ or not we own it: a non-owner's forwarder moves them on), duplicates dropped as 
 :class:`~pymqueue.dmq.mqueue_codec.Dedup`; 200 ``{"applied","duplicates"}``, 503
 ``{"applied"}`` when the queue is full (reject/block policy), 404 unknown queue, 400 malformed.
 
+Mirror (``dmq = "mirror"``): the service holds the queue (:meth:`Queue.hold`), so every local
+add is held until :meth:`MqueueService._mirror` has sent its batch to every active node known
+to carry the queue and each answered (or was given up: :data:`MIRROR_TRIES`, ``missed``);
+received items are added released and never sent on. :meth:`MqueueService.close` stops
+holding. The model and its guarantees: ``docs/dmq.md``, "Fan-out".
+
 Everything runs in the bus's thread; :meth:`MqueueService.stats` may be called from any thread.
 """
 
