@@ -10,6 +10,11 @@
   in flight per queue (stop-and-wait). Median of ``ROUNDS`` rounds, spread beside it; the
   CPU time per item of each ``serve`` process (``/proc/PID/stat``) is the steadier figure on
   a loaded machine.
+* **mirror**: three ``dmq = "mirror"`` nodes; ``ITEMS`` items added on one in one
+  ``add_many``; time until both peers hold them all and the producing node has released
+  them (its local consumers could have them); rate = items / that time, each item
+  delivered to two peers. Median of ``ROUNDS``; CPU per item of the producing node and of
+  one peer.
 * **failover**: three nodes (``ping_interval`` 5 s, ``fr_timer`` 1 s); the owner is killed
   with SIGKILL and an item is added at once on an outbox node; time until it is in the new
   owner's queue. Each round starts three new nodes.
@@ -91,6 +96,48 @@ def test_forwarding_throughput(tmp_path: Path) -> None:
         f"(on two idle cores: ~{1e6 / sum(cpu):,.0f} items/s if nothing overlapped, "
         f"~{1e6 / max(cpu):,.0f} if everything did)"
     )
+
+
+def test_mirror_throughput(tmp_path: Path) -> None:
+    ns = os.environ["PYMQUEUE_NAMESPACE"]
+    print(f"\nbefore: {uptime()}, {os.cpu_count()} CPUs")
+    rates: list[float] = []
+    with nodes(tmp_path, ns) as group:
+        x = group.add("x", mode="mirror", fr=5)
+        peers = [group.add(n, notify=x.uri, mode="mirror", fr=5) for n in ("p", "q")]
+        three = [x, *peers]
+        for n in three:
+            n.start()
+        all_active(three)
+        wait_for(lambda: [n.stats()["carriers"] for n in three], lambda c: c == [2, 2, 2], 30,
+                 "carriers known")  # fmt: skip
+        items = [(b"", VALUE)] * ITEMS
+
+        def done() -> bool:
+            return x.queue.stats().held == 0 and all(p.queue.size() == ITEMS for p in peers)
+
+        cpu0 = (cpu_seconds(x.pid), cpu_seconds(peers[0].pid))
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            x.queue.add_many(items)
+            wait_for(done, bool, 120, "all on both peers, released on the producer")
+            dt = time.perf_counter() - t0
+            rates.append(ITEMS / dt)
+            for n in three:
+                n.queue.fetch_many(ITEMS)
+        cpu = [
+            (cpu_seconds(p) - c) / (ITEMS * ROUNDS) * 1e6
+            for p, c in zip((x.pid, peers[0].pid), cpu0, strict=True)
+        ]
+        s = x.stats()
+    print(f"after: {uptime()}")
+    med = statistics.median(rates)
+    print("\n| mirror, 64 B values, 1 node -> 2 peers | items/s (median) | spread |")
+    print("|---|---|---|")
+    print(f"| {ITEMS} items x {ROUNDS} rounds | {med:,.0f} | {min(rates):,.0f}-{max(rates):,.0f} |")
+    print(f"batches {s['batches']}, items/batch {ITEMS * ROUNDS / s['batches']:.0f}, "
+          f"missed {s['missed']}, resent {s['resent']}")  # fmt: skip
+    print(f"CPU per item: producing node {cpu[0]:.2f} us, a peer {cpu[1]:.2f} us")
 
 
 def arrived(rest: list[Node]) -> bool:

@@ -216,7 +216,7 @@ _QUEUE_KEYS = frozenset(
     }
 )
 _DMQ_MODES = ("owner", "mirror")
-_BATCH_ITEMS_MAX = 65536
+_BATCH_ITEMS_MAX = 4096  # pymqueue.dmq.mqueue_service.BATCH_ITEMS
 _RPC_KEYS = frozenset({"host", "port", "unix"})
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-]{0,32}")
 

@@ -152,6 +152,11 @@ class Instance:
                     self._queues[qdef.name] = q
                     if attached:
                         self._attached.add(qdef.name)
+                        if qdef.dmq != "mirror" and q.stats().hold:
+                            # left holding by a mirror node that died: nobody would release
+                            name = qdef.display_name
+                            log.warning("queue %s: left held by a mirror: released", name)
+                            q.hold(False)
                 for qdef in reversed(self.config.queues):
                     self._registry[qdef.display_name] = self._queues[qdef.name]
                 self._started = True

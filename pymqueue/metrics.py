@@ -81,6 +81,8 @@ _DQUEUE_COUNTERS = {
     "received": ("dqueue_received", "Items received from other nodes."),
     "applied": ("dqueue_applied", "Items received and added to the local queue."),
     "duplicates": ("dqueue_duplicates", "Items received and dropped as already applied."),
+    "refused": ("dqueue_refused", "Items the owner refused as malformed (400), dropped here."),
+    "missed": ("dqueue_missed", "Mirror deliveries given up (node down or kept failing)."),
 }
 
 
@@ -161,7 +163,7 @@ class _InstanceCollector:
             return
         outbox = GaugeMetricFamily(
             f"{PREFIX}_dqueue_outbox_items",
-            "Items waiting in this node's outbox (0 on the owner).",
+            "Items waiting in this node's outbox (0 on the owner); mirror: local adds held.",
             labels=["queue"],
         )
         owner = GaugeMetricFamily(
@@ -169,16 +171,24 @@ class _InstanceCollector:
             "1 for the node this node sees as the queue's owner.",
             labels=["queue", "owner", "local"],
         )
+        carriers = GaugeMetricFamily(
+            f"{PREFIX}_dqueue_carriers",
+            "Active nodes known to carry the queue (a mirror's targets).",
+            labels=["queue"],
+        )
         counters = {
             f: CounterMetricFamily(f"{PREFIX}_{n}", h, labels=["queue"])
             for f, (n, h) in _DQUEUE_COUNTERS.items()
         }
         for name, s in stats.items():
             outbox.add_metric([name], s.outbox)
-            owner.add_metric([name, s.owner or "", "true" if s.is_owner else "false"], 1)
+            carriers.add_metric([name], s.carriers)
+            if s.mode != "mirror":  # a mirror has no owner
+                owner.add_metric([name, s.owner or "", "true" if s.is_owner else "false"], 1)
             for f, c in counters.items():
                 c.add_metric([name], getattr(s, f))
         yield outbox
+        yield carriers
         yield owner
         yield from counters.values()
 

@@ -1,11 +1,13 @@
 """Helpers for the queues-across-hosts tests: ``pymqueue serve`` nodes in child processes.
 
-:class:`Node` writes a TOML config (one ``dmq = "owner"`` queue, an RPC port, a ``[dmq]``
-table), starts ``python -m pymqueue serve`` with a shared-memory namespace of its own (the
-nodes run on one host but each must have its own segment of the queue), waits for its
-``ready`` line, answers RPC calls, and is stopped or killed by PID. :class:`Nodes` stops every
-node still running and unlinks their segments (also those of nodes killed with SIGKILL).
+:class:`Node` writes a TOML config (one ``dmq = "owner"`` or ``"mirror"`` queue, an RPC
+port, a ``[dmq]`` table), starts ``python -m pymqueue serve`` with a shared-memory namespace
+of its own (the nodes run on one host but each must have its own segment of the queue),
+waits for its ``ready`` line, answers RPC calls, and is stopped or killed by PID.
+:class:`Nodes` stops every node still running and unlinks their segments (also those of
+nodes killed with SIGKILL).
 :func:`wait_for` polls a condition with a deadline (no sleep as synchronisation).
+:class:`LossyProxy` stands between in-process buses and drops or duplicates datagrams.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import contextlib
 import http.client
 import json
 import os
+import random
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +36,7 @@ from pymqueue.queue.sync import unlink
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "jobs"
+IP = "127.0.0.1"
 T = TypeVar("T")
 
 
@@ -49,7 +56,7 @@ def wait_for(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float, wh
 class Node:
     def __init__(self, tmp: Path, name: str, namespace: str, *, port: int | None = None,
                  notify: str | None = None, owner: str | None = None, ping: float = 5,
-                 fr: float = 1, size: int = 0,
+                 fr: float = 1, size: int = 0, mode: str = "owner",
                  batch_items: int | None = None) -> None:  # fmt: skip
         self.name = name
         self.namespace = namespace
@@ -59,13 +66,13 @@ class Node:
         self.uri = uri(self.port)
         self.rpc_port = free_port()
         self.conf = tmp / f"{name}.toml"
-        self._settings = (notify, owner, ping, fr, size, batch_items)
+        self._settings = (notify, owner, ping, fr, size, mode, batch_items)
         self._write()
         self.proc: subprocess.Popen[bytes] | None = None
         self._q: Queue | None = None
 
     def _write(self) -> None:
-        notify, owner, ping, fr, size, batch_items = self._settings
+        notify, owner, ping, fr, size, mode, batch_items = self._settings
         namespace = self.namespace
         lines = [
             f'namespace = "{namespace}"',
@@ -74,7 +81,7 @@ class Node:
             "[[queue]]",
             f'name = "{QUEUE}"',
             f"size = {size}",
-            'dmq = "owner"',
+            f'dmq = "{mode}"',
         ]
         if owner:
             lines.append(f'owner = "{owner}"')
@@ -266,3 +273,63 @@ def per_origin(items: list[tuple[str, int]]) -> dict[str, list[int]]:
     for tag, seq in items:
         out.setdefault(tag, []).append(seq)
     return out
+
+
+class LossyProxy:
+    """One socket per node (its announced address); what arrives is forwarded to the node's
+    real port from the sender's proxy socket, or dropped or duplicated per the seeded
+    generator once :attr:`lossy` is set."""
+
+    def __init__(self, reals: list[int], seed: int, drop: float, dup: float) -> None:
+        self.rng = random.Random(seed)
+        self.drop, self.dup = drop, dup
+        self.lossy = False
+        self.dropped = self.duplicated = self.passed = 0
+        self.socks: list[socket.socket] = []
+        self.sel = selectors.DefaultSelector()
+        for real in reals:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((IP, 0))
+            s.setblocking(False)
+            self.socks.append(s)
+            self.sel.register(s, selectors.EVENT_READ, (IP, real))
+        self.ports = [s.getsockname()[1] for s in self.socks]
+        self.by_real = dict(zip(reals, self.socks, strict=True))
+        self._held: list[tuple[socket.socket, bytes, tuple[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.sel.select(0.1):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                while True:
+                    try:
+                        data, src = sock.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    # sent from the sender's own proxy socket: the receiver answers to the
+                    # source address, which then leads back to the sender through its proxy
+                    out = self.by_real.get(src[1], sock)
+                    self._forward(out, data, key.data)
+
+    def _forward(self, sock: socket.socket, data: bytes, to: tuple[str, int]) -> None:
+        held, self._held = self._held, []
+        if self.lossy and self.rng.random() < self.drop:
+            self.dropped += 1
+        else:
+            self.passed += 1
+            sock.sendto(data, to)
+            if self.lossy and self.rng.random() < self.dup:
+                self.duplicated += 1
+                self._held.append((sock, data, to))  # sent again after the next datagram
+        for s, d, t in held:
+            s.sendto(d, t)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for s in self.socks:
+            s.close()
+        self.sel.close()

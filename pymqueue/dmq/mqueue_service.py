@@ -26,6 +26,12 @@ or not we own it: a non-owner's forwarder moves them on), duplicates dropped as 
 message has no ``origin``: a Kamailio script's, see :meth:`MqueueService._apply`), 503
 ``{"applied"}`` when the queue is full (reject/block policy), 404 unknown queue, 400 malformed.
 
+Mirror (``dmq = "mirror"``): the service holds the queue (:meth:`Queue.hold`), so every local
+add is held until :meth:`MqueueService._mirror` has sent its batch to every active node known
+to carry the queue and each answered (or was given up: :data:`MIRROR_TRIES`, ``missed``);
+received items are added released and never sent on. :meth:`MqueueService.close` stops
+holding. The model and its guarantees: ``docs/dmq.md``, "Fan-out".
+
 Everything runs in the bus's thread; :meth:`MqueueService.stats` may be called from any thread.
 """
 
@@ -35,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import operator
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -105,7 +112,12 @@ REFUSED_STREAK = 3
 that it refuses everything and keeps the outbox (retrying every :data:`BACKOFF_MAX` s)."""
 MIRROR_TRIES = 3
 """Sends of one mirror batch to one node (each retransmitted by the bus) before that node
-is given up for the batch (counted in ``missed``)."""
+is given up for the batch (counted in ``missed``); one send only while that node has not
+answered since it was last given up (a dead node costs each batch one ``fr_timer`` until the
+bus sees it down, not three)."""
+SETTLE_MAX = 10.0
+"""Most seconds a mirror forwarder waits at start, before its first batch, for the bus to
+join and the carries announcements to be answered (see :meth:`MqueueService._settled`)."""
 
 BusLike = Bus | BusThread
 _KEY_VALUE = operator.itemgetter(0, 1)  # WireItem -> (key, value)
@@ -128,6 +140,7 @@ class DqueueStats:
     every node carrying the queue has them, ``forwarded``/``acknowledged`` count item
     deliveries (one per node), ``missed`` the deliveries given up (the node went down or
     kept failing) — those items reached the other nodes and this one, not that node.
+    ``carriers``: the active nodes this node knows to carry the queue (a mirror's targets).
     """
 
     queue: str
@@ -147,6 +160,7 @@ class DqueueStats:
     mode: str = "owner"
     refused: int = 0
     missed: int = 0
+    carriers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +196,7 @@ class _Dq:
         self.refused = 0
         self.refused_streak = 0  # items refused alone since the last 200
         self.missed = 0
+        self.suspect: set[NodeId] = set()  # mirror: given up for a batch, not answered since
         self.builder = BatchBuilder(self.name, origin, queue.epoch)
         self.owner: NodeId | None = None
         self.fd: int | None = None
@@ -247,6 +262,9 @@ class MqueueService:
         self.carriers: dict[NodeId, frozenset[bytes]] = {}
         self._active: frozenset[NodeId] = frozenset()
         self._started = False
+        self._started_at = 0.0
+        self._joined = False
+        self._announcing: dict[NodeId, int] = {}  # announcements in flight, per node
         self._tasks: set[asyncio.Task[None]] = set()
         self.refused = 0
         """Bodies answered 400 (malformed) or 404 (unknown queue)."""
@@ -291,6 +309,7 @@ class MqueueService:
                 mode=dq.mode,
                 refused=dq.refused,
                 missed=dq.missed,
+                carriers=len(self.carriers_of(dq)),
             )
         return out
 
@@ -336,6 +355,7 @@ class MqueueService:
         self._active = frozenset(self._active_now())
         for dq in self._dqs.values():
             if dq.mode == "mirror":
+                dq.suspect &= self._active
                 dq.wake()  # a node came or went: its batch may be waiting for it
                 continue
             owner = self.owner_of(dq)
@@ -352,10 +372,11 @@ class MqueueService:
         if isinstance(event, NodeDown):
             self.carriers.pop(event.node, None)
         elif isinstance(event, NodeUp):
-            self._spawn(self._announce(event.node))
+            self._announce(event.node)
         elif isinstance(event, Joined):
+            self._joined = True
             for node in self._active_now():
-                self._spawn(self._announce(node))
+                self._announce(node)
         elif isinstance(event, NodeStatusChanged) and event.new is None:
             self.carriers.pop(event.node, None)
         self._refresh()
@@ -367,7 +388,25 @@ class MqueueService:
             if not n.local and n.status is NodeStatus.ACTIVE and n.node.transport in (None, "udp")
         ]
 
-    async def _announce(self, node: NodeId) -> None:
+    def _announce(self, node: NodeId) -> None:
+        """Send our carries to ``node``; counted in flight from now on (a mirror's first
+        batch waits for them: :meth:`_settle_time`)."""
+        if self._spawn(self._announcing_to(node)) is not None:
+            self._announcing[node] = self._announcing.get(node, 0) + 1
+
+    async def _announcing_to(self, node: NodeId) -> None:
+        try:
+            await self._announce_to(node)
+        finally:
+            left = self._announcing.pop(node, 1) - 1
+            if left:
+                self._announcing[node] = left
+            elif not self._announcing:
+                for dq in self._dqs.values():
+                    if dq.mode == "mirror":
+                        dq.wake()  # may be settled now
+
+    async def _announce_to(self, node: NodeId) -> None:
         for _ in range(ANNOUNCE_TRIES):
             if not self.bus.running:
                 return
@@ -400,6 +439,7 @@ class MqueueService:
         if self._started or self.bus.loop is None or not self.bus.running:
             return
         self._started = True
+        self._started_at = time.monotonic()
         for dq in self._dqs.values():
             run = self._mirror if dq.mode == "mirror" else self._forward
             dq.task = self._spawn(run(dq))
@@ -567,12 +607,32 @@ class MqueueService:
             dq.last_error = f"forwarder crashed: {exc!r}"
             log.exception("mqueue %s: forwarder crashed", display(dq.name))
 
+    def _settle_time(self) -> float:
+        """Seconds left before a mirror sends its first batch anyway (0: settled)."""
+        if self._joined and not self._announcing:
+            return 0.0
+        cfg = self.bus.config
+        most = min(SETTLE_MAX, cfg.ping_interval + 2 * cfg.fr_timer)
+        return max(0.0, self._started_at + most - time.monotonic())
+
     async def _mirror(self, dq: _Dq) -> None:
         """A mirror queue's forwarder: the held local adds, batch by batch, to every active
         node carrying the queue at once; released here once each has answered (or was given
-        up: down, or still failing after :data:`MIRROR_TRIES` sends)."""
+        up: down, or still failing after :data:`MIRROR_TRIES` sends).
+
+        The first batch waits until the bus has joined and the carries announcements have
+        been answered (or given up), at most ``min(SETTLE_MAX, ping_interval + 2 fr_timer)``
+        seconds: otherwise what a restarted node still held would be released to nobody
+        but its own consumers, its peers not known yet."""
         try:
+            while self.bus.running and (left := self._settle_time()) > 0:
+                await self._wait(dq, left, items=False)
             while self.bus.running:
+                # the doorbell also rings for received (released) adds, and a peek for held
+                # records scans the released ones before them: count first (one lock)
+                if not dq.queue.stats().held:
+                    await self._wait(dq, RECHECK, items=True)
+                    continue
                 body, n, records = self._batch(dq, 0)
                 if not records:
                     await self._wait(dq, RECHECK, items=True)
@@ -603,8 +663,10 @@ class MqueueService:
 
     async def _mirror_to(self, dq: _Dq, node: NodeId, body: bytes, n: int) -> None:
         backoff = BACKOFF_MIN
-        for attempt in range(MIRROR_TRIES):
+        tries = 1 if node in dq.suspect else MIRROR_TRIES
+        for attempt in range(tries):
             if not self.bus.running or node not in self._active:
+                dq.last_error = f"{node}: not active any more"
                 break
             if attempt:
                 dq.resent += 1
@@ -619,13 +681,15 @@ class MqueueService:
                 break
             if reply.code == 200:
                 dq.acknowledged += n
+                dq.suspect.discard(node)
                 return
             dq.last_error = f"{node} answered {reply.code} {reply.reason}"
-            if reply.code == 400:
-                break
+            if reply.code == 400 or attempt == tries - 1:
+                break  # (no wait after the last try: the batch waits for this node)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
         dq.missed += n
+        dq.suspect.add(node)
         log.warning(
             "mqueue %s: %d items not mirrored to %s: %s", display(dq.name), n, node, dq.last_error
         )
@@ -653,7 +717,10 @@ class MqueueService:
             self.refused += 1
             return PeerReply(404, "No such queue")
         dq = self._dqs.get(msg.queue)
-        return self._apply(queue, msg, req.node, released=dq is not None and dq.mode == "mirror")
+        # A mirror copies what its peers send as is (released: not sent on again); items from
+        # a Kamailio script (no origin) are this node's adds, held and mirrored like local ones.
+        mirrored = dq is not None and dq.mode == "mirror" and msg.origin is not None
+        return self._apply(queue, msg, req.node, released=mirrored)
 
     def _apply(
         self, queue: Queue, msg: ItemsMessage, sender: NodeId, *, released: bool = False
@@ -722,6 +789,7 @@ def stats_struct(s: DqueueStats) -> dict[str, Any]:
         "mode": s.mode,
         "refused": s.refused,
         "missed": s.missed,
+        "carriers": s.carriers,
     }
 
 

@@ -1,6 +1,7 @@
-"""``dmq = "owner"`` and ``owner`` on ``[[queue]]``: both forms accepted, every bad value a
-ConfigError naming its key, a distributed queue without a ``[dmq]`` table refused; a file
-through ``pymqueue serve`` refuses to start with the same message."""
+"""``dmq = "owner"``/``"mirror"``, ``owner`` and ``batch_items`` on ``[[queue]]``: both forms
+accepted, every bad value a ConfigError naming its key, a distributed queue without a
+``[dmq]`` table refused; a file through ``pymqueue serve`` refuses to start with the same
+message."""
 
 from __future__ import annotations
 
@@ -36,12 +37,34 @@ def test_both_forms() -> None:
     assert (by_name[b"local"].dmq, by_name[b"local"].owner) == (None, None)
 
 
+def test_mirror_and_batch_items() -> None:
+    cfg = config_from_dict(queues(
+        {"name": "fan", "dmq": "mirror", "batch_items": 1},
+        {"mqueue": "name=fan2", "dmq": "mirror", "batch_items": 4096},
+        {"name": "jobs", "dmq": "owner", "batch_items": 100},
+    ))  # fmt: skip
+    got = [(q.name, q.dmq, q.owner, q.batch_items) for q in cfg.queues]
+    assert got == [(b"fan", "mirror", None, 1), (b"fan2", "mirror", None, 4096),
+                   (b"jobs", "owner", None, 100)]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("table", "dmq", "message"),
     [
         ({"name": "j", "dmq": "owner"}, False, "queue[0].dmq: needs a [dmq] table"),
         ({"mqueue": "name=j", "dmq": "owner"}, False, "queue[0].dmq: needs a [dmq] table"),
-        ({"name": "j", "dmq": "mirror"}, True, "queue[0].dmq: unknown value 'mirror'"),
+        ({"name": "j", "dmq": "MIRROR"}, True, "queue[0].dmq: unknown value 'MIRROR'"),
+        ({"name": "j", "dmq": "mirror"}, False, "queue[0].dmq: needs a [dmq] table"),
+        (
+            {"name": "j", "dmq": "mirror", "owner": "sip:127.0.0.1:1"},
+            True,
+            'queue[0].owner: is only meaningful with dmq = "owner"',
+        ),
+        ({"name": "j", "batch_items": 10}, True, "queue[0].batch_items: is only meaningful"),
+        ({"name": "j", "dmq": "mirror", "batch_items": 0}, True, "queue[0].batch_items: must"),
+        ({"name": "j", "dmq": "mirror", "batch_items": 4097}, True, "in 1..4096, got 4097"),
+        ({"name": "j", "dmq": "mirror", "batch_items": True}, True, "queue[0].batch_items"),
+        ({"name": "j", "dmq": "owner", "batch_items": "10"}, True, "queue[0].batch_items"),
         ({"name": "j", "dmq": "OWNER"}, True, "queue[0].dmq: unknown value"),
         ({"name": "j", "dmq": True}, True, "queue[0].dmq: unknown value"),
         ({"name": "j", "owner": "sip:127.0.0.1:1"}, True, "queue[0].owner: is only meaningful"),

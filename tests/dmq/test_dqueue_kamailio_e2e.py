@@ -136,6 +136,30 @@ def test_kamailio_script_pushes_into_pymqueue(
         assert p.queue.size() == 0
 
 
+def test_a_kamailio_script_feeds_a_mirror_queue_on_every_pymqueue_node(
+    kamailio: KamailioFactory, tmp_path: Path, namespace: str
+) -> None:
+    kam = kamailio.start(dqueue_config())
+    with nodes(tmp_path, namespace) as ns:
+        p = ns.add("p", notify=kuri(kam), fr=2, mode="mirror").start()
+        r = ns.add("r", notify=kuri(kam), fr=2, mode="mirror").start()
+        joined(kam, p)
+        joined(kam, r)
+        wait_for(p.stats, lambda s: s["carriers"] == 1, DEADLINE, "P knows R carries it")
+        sent: list[Item] = [(f"k{i}", f"v{i}", f"id{i}") for i in range(50)]
+        assert kam_send(kam, p.uri, "jobs", sent).status == 200
+        want = [(k.encode(), v.encode()) for k, v, _ in sent]
+        got_p: list[tuple[bytes, bytes]] = []
+        got_r: list[tuple[bytes, bytes]] = []
+        wait_for(lambda: got_r.extend(r.queue.fetch_many(100)) or len(got_r), lambda n: n >= 50,
+                 DEADLINE, "R has the script's items")  # fmt: skip
+        wait_for(lambda: got_p.extend(p.queue.fetch_many(100)) or len(got_p), lambda n: n >= 50,
+                 DEADLINE, "P has them, released")  # fmt: skip
+        assert got_p == want  # on the node the script sent them to
+        assert got_r == want  # and mirrored to the other, once, in order
+        assert p.stats()["acknowledged"] == 50
+
+
 # -- pymqueue -> Kamailio ------------------------------------------------------------------
 
 

@@ -12,87 +12,22 @@ which is the failover test's business)."""
 
 from __future__ import annotations
 
-import random
-import selectors
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 from dmq_helpers import udp_port
-from dqueue_helpers import wait_for
+from dqueue_helpers import IP, LossyProxy, wait_for
 
 from pymqueue import Queue
 from pymqueue.dmq import BusThread
 from pymqueue.dmq.mqueue_service import MqueueService
 
 N = 5_000
-IP = "127.0.0.1"
 PAD = b"x" * 1500  # about 35 items a message: many messages to lose
 
 
 def seq(value: bytes) -> int:
     return int(value.split(b":", 1)[0])
-
-
-class LossyProxy:
-    """One socket per node (its announced address); what arrives is forwarded to the node's
-    real port from the sender's proxy socket, or dropped or duplicated per the seeded
-    generator once :attr:`lossy` is set."""
-
-    def __init__(self, reals: list[int], seed: int, drop: float, dup: float) -> None:
-        self.rng = random.Random(seed)
-        self.drop, self.dup = drop, dup
-        self.lossy = False
-        self.dropped = self.duplicated = self.passed = 0
-        self.socks: list[socket.socket] = []
-        self.sel = selectors.DefaultSelector()
-        for real in reals:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((IP, 0))
-            s.setblocking(False)
-            self.socks.append(s)
-            self.sel.register(s, selectors.EVENT_READ, (IP, real))
-        self.ports = [s.getsockname()[1] for s in self.socks]
-        self.by_real = dict(zip(reals, self.socks, strict=True))
-        self._held: list[tuple[socket.socket, bytes, tuple[str, int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self.sel.select(0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                while True:
-                    try:
-                        data, src = sock.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    # sent from the sender's own proxy socket: the receiver answers to the
-                    # source address, which then leads back to the sender through its proxy
-                    out = self.by_real.get(src[1], sock)
-                    self._forward(out, data, key.data)
-
-    def _forward(self, sock: socket.socket, data: bytes, to: tuple[str, int]) -> None:
-        held, self._held = self._held, []
-        if self.lossy and self.rng.random() < self.drop:
-            self.dropped += 1
-        else:
-            self.passed += 1
-            sock.sendto(data, to)
-            if self.lossy and self.rng.random() < self.dup:
-                self.duplicated += 1
-                self._held.append((sock, data, to))  # sent again after the next datagram
-        for s, d, t in held:
-            s.sendto(d, t)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        for s in self.socks:
-            s.close()
-        self.sel.close()
 
 
 @pytest.fixture
