@@ -333,3 +333,15 @@ class LossyProxy:
         for s in self.socks:
             s.close()
         self.sel.close()
+
+
+@contextlib.contextmanager
+def lossy_proxy(seed: int) -> Iterator[tuple[LossyProxy, list[int]]]:
+    """A :class:`LossyProxy` before three nodes (15 % dropped, 15 % duplicated once lossy is
+    set) and the nodes' real ports; closed afterwards."""
+    reals = [udp_port() for _ in range(3)]
+    p = LossyProxy(reals, seed=seed, drop=0.15, dup=0.15)
+    try:
+        yield p, reals
+    finally:
+        p.close()

@@ -477,6 +477,20 @@ class MqueueService:
             if reader and dq.fd is not None:
                 loop.remove_reader(dq.fd)
 
+    @staticmethod
+    def _too_large(dq: _Dq, first: Record) -> None:
+        """``first`` cannot fit in one message even alone: an outbox drops it, a mirror
+        releases it to the local consumers only (counted, logged)."""
+        if dq.mode == "mirror":
+            dq.too_large += dq.queue.release_through(first.id)
+            fate = "kept here only"
+        else:
+            dq.too_large += dq.queue.discard_through(first.id)
+            fate = "dropped"
+        size = len(first.key) + len(first.value)
+        dq.last_error = f"item {first.id} ({size} bytes) cannot fit in one message: {fate}"
+        log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+
     def _batch(self, dq: _Dq, after_id: int) -> tuple[bytes, int, list[Record]]:
         """Peek records after ``after_id`` and pack what fits: ``(body, n, records)``. The
         peek's byte budget follows what the last bodies held (JSON costs more than the bytes
@@ -514,13 +528,7 @@ class MqueueService:
                         await self._wait(dq, RECHECK, items=True)
                         continue
                     if n == 0:
-                        first = records[0]
-                        dq.too_large += dq.queue.discard_through(first.id)
-                        dq.last_error = (
-                            f"item {first.id} ({len(first.key) + len(first.value)} bytes) "
-                            "cannot fit in one message: dropped"
-                        )
-                        log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+                        self._too_large(dq, records[0])
                         continue
                     last_id = records[n - 1].id
                 if dq.retry:
@@ -638,13 +646,7 @@ class MqueueService:
                     await self._wait(dq, RECHECK, items=True)
                     continue
                 if n == 0:
-                    first = records[0]
-                    dq.too_large += dq.queue.release_through(first.id)
-                    dq.last_error = (
-                        f"item {first.id} ({len(first.key) + len(first.value)} bytes) "
-                        "cannot fit in one message: kept here only"
-                    )
-                    log.error("mqueue %s: %s", display(dq.name), dq.last_error)
+                    self._too_large(dq, records[0])
                     continue
                 last_id = records[n - 1].id
                 targets = self.carriers_of(dq)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dmq_helpers import udp_port
-from dqueue_helpers import IP, LossyProxy, wait_for
+from dqueue_helpers import IP, LossyProxy, lossy_proxy, wait_for
 
 from pymqueue import Queue
 from pymqueue.dmq import BusThread
@@ -32,12 +31,8 @@ def seq(value: bytes) -> int:
 
 @pytest.fixture
 def proxy() -> Iterator[tuple[LossyProxy, list[int]]]:
-    reals = [udp_port() for _ in range(3)]
-    p = LossyProxy(reals, seed=13, drop=0.15, dup=0.15)
-    try:
-        yield p, reals
-    finally:
-        p.close()
+    with lossy_proxy(seed=13) as both:
+        yield both
 
 
 def test_lossy_link(namespace: str, proxy: tuple[LossyProxy, list[int]]) -> None:

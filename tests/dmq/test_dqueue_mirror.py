@@ -28,6 +28,7 @@ from dqueue_helpers import (
     Nodes,
     all_active,
     drain,
+    lossy_proxy,
     nodes,
     per_origin,
     produce,
@@ -278,12 +279,8 @@ def test_hold_left_by_a_dead_mirror_is_cleared(namespace: str) -> None:
 
 @pytest.fixture
 def proxy() -> Iterator[tuple[LossyProxy, list[int]]]:
-    reals = [udp_port() for _ in range(3)]
-    p = LossyProxy(reals, seed=31, drop=0.15, dup=0.15)
-    try:
-        yield p, reals
-    finally:
-        p.close()
+    with lossy_proxy(seed=31) as both:
+        yield both
 
 
 def test_lossy_link(namespace: str, proxy: tuple[LossyProxy, list[int]]) -> None:
