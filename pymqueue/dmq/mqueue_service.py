@@ -477,6 +477,18 @@ class MqueueService:
             if reader and dq.fd is not None:
                 loop.remove_reader(dq.fd)
 
+    async def _next_batch(self, dq: _Dq) -> tuple[bytes, int, int] | None:
+        """The next batch from the head: (body, items, last id); None once it has waited
+        for items (none now) or set aside an item too large for any message."""
+        body, n, records = self._batch(dq, 0)
+        if not records:
+            await self._wait(dq, RECHECK, items=True)
+            return None
+        if n == 0:
+            self._too_large(dq, records[0])
+            return None
+        return body, n, records[n - 1].id
+
     @staticmethod
     def _too_large(dq: _Dq, first: Record) -> None:
         """``first`` cannot fit in one message even alone: an outbox drops it, a mirror
@@ -523,14 +535,10 @@ class MqueueService:
                     body, n, last_id = ahead
                     ahead = None
                 else:
-                    body, n, records = self._batch(dq, 0)
-                    if not records:
-                        await self._wait(dq, RECHECK, items=True)
+                    got = await self._next_batch(dq)
+                    if got is None:
                         continue
-                    if n == 0:
-                        self._too_large(dq, records[0])
-                        continue
-                    last_id = records[n - 1].id
+                    body, n, last_id = got
                 if dq.retry:
                     dq.resent += 1
                 dq.batches += 1
@@ -600,8 +608,8 @@ class MqueueService:
                 dq.retry = True
                 dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
                 if reply.code == 503:
-                    got = decode_reply(reply.body)
-                    if isinstance(got, ItemsReply) and got.applied:
+                    answer = decode_reply(reply.body)
+                    if isinstance(answer, ItemsReply) and answer.applied:
                         backoff = BACKOFF_MIN  # progress: the owner keeps what it applied
                 log.info("mqueue %s: %s", display(dq.name), dq.last_error)
                 await self._wait(dq, backoff, items=False)
@@ -641,14 +649,10 @@ class MqueueService:
                 if not dq.queue.stats().held:
                     await self._wait(dq, RECHECK, items=True)
                     continue
-                body, n, records = self._batch(dq, 0)
-                if not records:
-                    await self._wait(dq, RECHECK, items=True)
+                got = await self._next_batch(dq)
+                if got is None:
                     continue
-                if n == 0:
-                    self._too_large(dq, records[0])
-                    continue
-                last_id = records[n - 1].id
+                body, n, last_id = got
                 targets = self.carriers_of(dq)
                 dq.batches += 1
                 if targets:
