@@ -177,13 +177,15 @@ static int holds(const pmq_queue *q, uint32_t slot, uint64_t token) {
            __atomic_load_n(&q->h->bells[slot], __ATOMIC_ACQUIRE) == token;
 }
 
-int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token) {
+/* Arms the bell unless what it waits for is there now (held: held items; else an item a
+ * fetch would take). */
+static int arm(pmq_queue *q, uint32_t slot, uint64_t token, int held) {
     if (token == 0 || slot >= PMQ_BELLS) return PMQ_E_INVAL;
     int rc = pmq_lock(q, NULL);
     if (rc != PMQ_OK) return rc;
     if (!holds(q, slot, token))
         rc = PMQ_E_INVAL;
-    else if (pmq_fetchable(q))
+    else if (held ? pmq_published(q)->held > 0 : pmq_fetchable(q))
         rc = PMQ_READY;
     else
         __atomic_fetch_or(&q->h->bells_armed, 1ULL << slot, __ATOMIC_RELAXED);
@@ -191,18 +193,10 @@ int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token) {
     return rc;
 }
 
+int pmq_bell_arm(pmq_queue *q, uint32_t slot, uint64_t token) { return arm(q, slot, token, 0); }
+
 int pmq_bell_arm_held(pmq_queue *q, uint32_t slot, uint64_t token) {
-    if (token == 0 || slot >= PMQ_BELLS) return PMQ_E_INVAL;
-    int rc = pmq_lock(q, NULL);
-    if (rc != PMQ_OK) return rc;
-    if (!holds(q, slot, token))
-        rc = PMQ_E_INVAL;
-    else if (pmq_published(q)->held > 0)
-        rc = PMQ_READY;
-    else
-        __atomic_fetch_or(&q->h->bells_armed, 1ULL << slot, __ATOMIC_RELAXED);
-    pmq_unlock(q);
-    return rc;
+    return arm(q, slot, token, 1);
 }
 
 int pmq_bell_unregister(pmq_queue *q, uint32_t slot, uint64_t token) {

@@ -345,3 +345,14 @@ def lossy_proxy(seed: int) -> Iterator[tuple[LossyProxy, list[int]]]:
         yield p, reals
     finally:
         p.close()
+
+
+def stop_in_process(buses: list[Any], services: list[Any], queues: list[Queue]) -> None:
+    """Stop in-process nodes: their buses, then their services, then their queues."""
+    for b in buses:
+        b.stop()
+    for s in services:
+        s.close()
+    for q in queues:
+        q.unlink()
+        q.close()

@@ -441,8 +441,22 @@ class MqueueService:
         self._started = True
         self._started_at = time.monotonic()
         for dq in self._dqs.values():
-            run = self._mirror if dq.mode == "mirror" else self._forward
-            dq.task = self._spawn(run(dq))
+            if dq.mode == "mirror":
+                dq.task = self._spawn(self._guarded(dq, "mirror", self._mirror(dq)))
+            else:
+                dq.task = self._spawn(self._guarded(dq, "forwarder", self._forward(dq)))
+
+    @staticmethod
+    async def _guarded(dq: _Dq, what: str, run: Coroutine[Any, Any, None]) -> None:
+        """Run a queue's forwarder or mirror; its end is said in ``last_error``."""
+        try:
+            await run
+        except QueueError as exc:  # the queue was closed under us (instance stopping)
+            dq.last_error = f"{what} stopped: {exc}"
+            log.debug("mqueue %s: %s", display(dq.name), dq.last_error)
+        except Exception as exc:  # pragma: no cover - a bug: say it loudly
+            dq.last_error = f"{what} crashed: {exc!r}"
+            log.exception("mqueue %s: %s crashed", display(dq.name), what)
 
     # -- forwarding -----------------------------------------------------------------------
     async def _wait(self, dq: _Dq, timeout: float, items: bool) -> None:
@@ -523,105 +537,96 @@ class MqueueService:
         backoff = BACKOFF_MIN
         loop = asyncio.get_running_loop()
         ahead: tuple[bytes, int, int] | None = None  # the next batch, packed meanwhile
-        try:
-            while self.bus.running:
-                owner = dq.owner = self.owner_of(dq)
-                if owner == self.local:
-                    dq.retry = False
-                    ahead = None
-                    await self._wait(dq, RECHECK * 5, items=False)
-                    continue
-                if ahead is not None:
-                    body, n, last_id = ahead
-                    ahead = None
-                else:
-                    got = await self._next_batch(dq)
-                    if got is None:
-                        continue
-                    body, n, last_id = got
-                if dq.retry:
-                    dq.resent += 1
-                dq.batches += 1
-                dq.forwarded += n
-                sending = loop.create_task(self.bus.send(CHANNEL, owner, body, CONTENT_TYPE))
-                if not dq.retry:
-                    # Pack the next batch while this one is in flight (still one in flight:
-                    # it leaves only after this one's 200). Two loop turns first: the send
-                    # task queues the datagram, the bus's transmit writes it.
-                    await asyncio.sleep(0)
-                    await asyncio.sleep(0)
-                    nbody, nn, nrecords = self._batch(dq, last_id)
-                    if nn:
-                        ahead = (nbody, nn, nrecords[nn - 1].id)
-                try:
-                    reply = await sending
-                except DmqTimeout:
-                    ahead = None
-                    dq.retry = True
-                    dq.last_error = f"no reply from {owner} (timeout)"
-                    continue  # the owner may have changed meanwhile: look again
-                except DmqError as exc:  # not in the node list any more, bus stopping
-                    ahead = None
-                    dq.retry = True
-                    dq.last_error = f"{owner}: {exc}"
-                    self._refresh()
-                    await self._wait(dq, backoff, items=False)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                if reply.code == 200:
-                    dq.refused_streak = 0
-                    dq.acknowledged += dq.queue.discard_through(last_id)
-                    dq.retry = False
-                    backoff = BACKOFF_MIN
-                    continue
+        while self.bus.running:
+            owner = dq.owner = self.owner_of(dq)
+            if owner == self.local:
+                dq.retry = False
                 ahead = None
-                if reply.code == 400:
-                    # The owner cannot read this batch: halve it until the item it refuses
-                    # is alone, then drop that item (counted, logged) and go on at full size.
-                    dq.retry = False
-                    dq.last_error = f"{owner} answered 400 {reply.reason}"
-                    if n > 1:
-                        dq.limit = max(1, n // 2)
-                    elif dq.refused_streak >= REFUSED_STREAK:
-                        # Item after item refused alone and nothing accepted between: the
-                        # owner refuses everything. Keep the outbox and try again later.
-                        log.error(
-                            "mqueue %s: %s refuses every item (%s): outbox kept, retrying",
-                            display(dq.name),
-                            owner,
-                            reply.reason,
-                        )
-                        dq.retry = True
-                        await self._wait(dq, BACKOFF_MAX, items=False)
-                    else:
-                        dq.refused += dq.queue.discard_through(last_id)
-                        dq.refused_streak += 1
-                        dq.limit = dq.batch_items
-                        log.error(
-                            "mqueue %s: item %d refused by %s (%s): dropped",
-                            display(dq.name),
-                            last_id,
-                            owner,
-                            reply.reason,
-                        )
+                await self._wait(dq, RECHECK * 5, items=False)
+                continue
+            if ahead is not None:
+                body, n, last_id = ahead
+                ahead = None
+            else:
+                got = await self._next_batch(dq)
+                if got is None:
                     continue
+                body, n, last_id = got
+            if dq.retry:
+                dq.resent += 1
+            dq.batches += 1
+            dq.forwarded += n
+            sending = loop.create_task(self.bus.send(CHANNEL, owner, body, CONTENT_TYPE))
+            if not dq.retry:
+                # Pack the next batch while this one is in flight (still one in flight:
+                # it leaves only after this one's 200). Two loop turns first: the send
+                # task queues the datagram, the bus's transmit writes it.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                nbody, nn, nrecords = self._batch(dq, last_id)
+                if nn:
+                    ahead = (nbody, nn, nrecords[nn - 1].id)
+            try:
+                reply = await sending
+            except DmqTimeout:
+                ahead = None
                 dq.retry = True
-                dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
-                if reply.code == 503:
-                    answer = decode_reply(reply.body)
-                    if isinstance(answer, ItemsReply) and answer.applied:
-                        backoff = BACKOFF_MIN  # progress: the owner keeps what it applied
-                log.info("mqueue %s: %s", display(dq.name), dq.last_error)
+                dq.last_error = f"no reply from {owner} (timeout)"
+                continue  # the owner may have changed meanwhile: look again
+            except DmqError as exc:  # not in the node list any more, bus stopping
+                ahead = None
+                dq.retry = True
+                dq.last_error = f"{owner}: {exc}"
+                self._refresh()
                 await self._wait(dq, backoff, items=False)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-        except asyncio.CancelledError:
-            raise
-        except QueueError as exc:  # the queue was closed under us (instance stopping)
-            dq.last_error = f"forwarder stopped: {exc}"
-            log.debug("mqueue %s: %s", display(dq.name), dq.last_error)
-        except Exception as exc:  # pragma: no cover - a bug: say it loudly
-            dq.last_error = f"forwarder crashed: {exc!r}"
-            log.exception("mqueue %s: forwarder crashed", display(dq.name))
+                continue
+            if reply.code == 200:
+                dq.refused_streak = 0
+                dq.acknowledged += dq.queue.discard_through(last_id)
+                dq.retry = False
+                backoff = BACKOFF_MIN
+                continue
+            ahead = None
+            if reply.code == 400:
+                # The owner cannot read this batch: halve it until the item it refuses
+                # is alone, then drop that item (counted, logged) and go on at full size.
+                dq.retry = False
+                dq.last_error = f"{owner} answered 400 {reply.reason}"
+                if n > 1:
+                    dq.limit = max(1, n // 2)
+                elif dq.refused_streak >= REFUSED_STREAK:
+                    # Item after item refused alone and nothing accepted between: the
+                    # owner refuses everything. Keep the outbox and try again later.
+                    log.error(
+                        "mqueue %s: %s refuses every item (%s): outbox kept, retrying",
+                        display(dq.name),
+                        owner,
+                        reply.reason,
+                    )
+                    dq.retry = True
+                    await self._wait(dq, BACKOFF_MAX, items=False)
+                else:
+                    dq.refused += dq.queue.discard_through(last_id)
+                    dq.refused_streak += 1
+                    dq.limit = dq.batch_items
+                    log.error(
+                        "mqueue %s: item %d refused by %s (%s): dropped",
+                        display(dq.name),
+                        last_id,
+                        owner,
+                        reply.reason,
+                    )
+                continue
+            dq.retry = True
+            dq.last_error = f"{owner} answered {reply.code} {reply.reason}"
+            if reply.code == 503:
+                answer = decode_reply(reply.body)
+                if isinstance(answer, ItemsReply) and answer.applied:
+                    backoff = BACKOFF_MIN  # progress: the owner keeps what it applied
+            log.info("mqueue %s: %s", display(dq.name), dq.last_error)
+            await self._wait(dq, backoff, items=False)
+            backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _settle_time(self) -> float:
         """Seconds left before a mirror sends its first batch anyway (0: settled)."""
@@ -640,32 +645,23 @@ class MqueueService:
         been answered (or given up), at most ``min(SETTLE_MAX, ping_interval + 2 fr_timer)``
         seconds: otherwise what a restarted node still held would be released to nobody
         but its own consumers, its peers not known yet."""
-        try:
-            while self.bus.running and (left := self._settle_time()) > 0:
-                await self._wait(dq, left, items=False)
-            while self.bus.running:
-                # the doorbell also rings for received (released) adds, and a peek for held
-                # records scans the released ones before them: count first (one lock)
-                if not dq.queue.stats().held:
-                    await self._wait(dq, RECHECK, items=True)
-                    continue
-                got = await self._next_batch(dq)
-                if got is None:
-                    continue
-                body, n, last_id = got
-                targets = self.carriers_of(dq)
-                dq.batches += 1
-                if targets:
-                    await asyncio.gather(*(self._mirror_to(dq, node, body, n) for node in targets))
-                dq.queue.release_through(last_id)
-        except asyncio.CancelledError:
-            raise
-        except QueueError as exc:  # the queue was closed under us (instance stopping)
-            dq.last_error = f"mirror stopped: {exc}"
-            log.debug("mqueue %s: %s", display(dq.name), dq.last_error)
-        except Exception as exc:  # pragma: no cover - a bug: say it loudly
-            dq.last_error = f"mirror crashed: {exc!r}"
-            log.exception("mqueue %s: mirror crashed", display(dq.name))
+        while self.bus.running and (left := self._settle_time()) > 0:
+            await self._wait(dq, left, items=False)
+        while self.bus.running:
+            # the doorbell also rings for received (released) adds, and a peek for held
+            # records scans the released ones before them: count first (one lock)
+            if not dq.queue.stats().held:
+                await self._wait(dq, RECHECK, items=True)
+                continue
+            got = await self._next_batch(dq)
+            if got is None:
+                continue
+            body, n, last_id = got
+            targets = self.carriers_of(dq)
+            dq.batches += 1
+            if targets:
+                await asyncio.gather(*(self._mirror_to(dq, node, body, n) for node in targets))
+            dq.queue.release_through(last_id)
 
     async def _mirror_to(self, dq: _Dq, node: NodeId, body: bytes, n: int) -> None:
         backoff = BACKOFF_MIN

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dqueue_helpers import IP, LossyProxy, lossy_proxy, wait_for
+from dqueue_helpers import IP, LossyProxy, lossy_proxy, stop_in_process, wait_for
 
 from pymqueue import Queue
 from pymqueue.dmq import BusThread
@@ -91,10 +91,4 @@ def test_lossy_link(namespace: str, proxy: tuple[LossyProxy, list[int]]) -> None
             f"duplicates dropped by the owner {stats[0].duplicates}"
         )
     finally:
-        for b in buses:
-            b.stop()
-        for s in services:
-            s.close()
-        for q in queues:
-            q.unlink()
-            q.close()
+        stop_in_process(buses, services, queues)

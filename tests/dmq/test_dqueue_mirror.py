@@ -32,6 +32,7 @@ from dqueue_helpers import (
     nodes,
     per_origin,
     produce,
+    stop_in_process,
     wait_for,
 )
 
@@ -342,10 +343,4 @@ def test_lossy_link(namespace: str, proxy: tuple[LossyProxy, list[int]]) -> None
             f"duplicates dropped {[s.duplicates for s in stats]}"
         )
     finally:
-        for b in buses:
-            b.stop()
-        for s in services:
-            s.close()
-        for q in queues:
-            q.unlink()
-            q.close()
+        stop_in_process(buses, services, queues)
